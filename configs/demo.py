@@ -1,0 +1,76 @@
+"""The embedded default: HyperCLIP on procedural scenes, on one laptop CPU, no download.
+
+  hyperclip-train --config configs/demo.py --workdir runs/demo
+  hyperclip-train --config configs/demo.py:variant=siglip --workdir runs/demo_siglip
+  hyperclip-train --config configs/demo.py:variant=token,steps=200 --workdir runs/x --config.batch_size=64
+
+Arguments (after the colon, comma separated): variant (siglip | hyperclip | token), steps, encoder (any
+image encoder name; the width/depth multipliers below keep it tiny), tiny (true: a seconds-long config for
+tests and smoke runs).
+"""
+import math
+
+import ml_collections
+
+from hyperclip_jax.config import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, variant="hyperclip", steps=1500, encoder="efficientnet_b0", tiny=False)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = arg.steps
+  c.batch_size = 128  # global; forms batch_size / set_size groups, each with its own generated norm params
+
+  c.model = ml_collections.ConfigDict()
+  c.model.variant = arg.variant
+  c.model.embed_dim = 128
+  c.model.dtype = "float32"  # bf16 is slower than f32 on CPUs without AMX
+  c.model.t_init = math.log(10.0)  # SigLIP's t' = log 10
+  c.model.b_init = -10.0  # SigLIP's b
+  c.model.image = ml_collections.ConfigDict(dict(
+      name=arg.encoder, width_mult=0.25, depth_mult=0.34, norm_mode="residual", drop_path_rate=0.0))
+  c.model.text = ml_collections.ConfigDict(dict(
+      width=128, depth=2, heads=4, mlp_dim=256, causal=True, pool="eot"))
+  c.model.hyper = ml_collections.ConfigDict(dict(set_size=16, width=128, depth=2, heads=4, bottleneck=64))
+
+  c.loss = ml_collections.ConfigDict(dict(name="sigmoid"))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw", lr=2e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=1e-4, clip_norm=1.0,
+      schedule=ml_collections.ConfigDict(dict(name="cosine", warmup_steps=100, end_value=0.0)),
+      wd_mults=[(".*/kernel$", 1.0), (".*", 0.0)],
+      lr_mults=[(".*", 1.0)],
+      frozen=[]))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="demo", image_size=64, max_len=64, tokenizer="bytes", vocab_size=260, two_objects_prob=0.0,
+      worker_count=0))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+
+  c.evals = ml_collections.ConfigDict(dict(
+      zeroshot=ml_collections.ConfigDict(dict(tasks="demo", n_eval=512, batch_size=128))))
+  c.eval_every_steps = 500
+
+  c.log_every_steps = 25
+  c.checkpoint_every_steps = 500
+  c.checkpoint_every_secs = 30.0
+  c.keep_checkpoints = 3
+
+  if arg.tiny:  # seconds per step on 2 cores: tests and smoke runs
+    c.total_steps = arg.steps if arg.steps != 1500 else 6
+    c.batch_size = 32
+    c.model.embed_dim = 32
+    c.model.image.width_mult = 0.1
+    c.model.image.depth_mult = 0.2
+    c.model.text.update(dict(width=32, depth=1, heads=2, mlp_dim=64))
+    c.model.hyper.update(dict(set_size=4, width=32, depth=1, heads=2, bottleneck=16))
+    c.data.image_size = 32
+    c.data.max_len = 48
+    c.optim.schedule.warmup_steps = 2
+    c.evals.zeroshot.update(dict(n_eval=32, batch_size=32))
+    c.eval_every_steps = 0
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 3
+  return c

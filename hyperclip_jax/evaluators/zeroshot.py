@@ -1,0 +1,88 @@
+"""Zero-shot classification: the HyperCLIP deployment story, measured.
+
+class names x templates -> text tower -> per-class mean embedding (renormalised) [C, D]
+  -> hypernet over the task's class set (siglip: skipped) -> image tower with those norm params
+  -> logits = zimg @ zclsᵀ -> top-1 / top-5.
+The image tower runs in eval mode (BatchNorm running averages), with the whole eval set as one group.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperclip_jax import sharding
+from hyperclip_jax.models import two_towers
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationTask:
+  """A labelled image set with class names and prompt templates ('a photo of a {}.')."""
+  name: str
+  class_names: Sequence[str]
+  templates: Sequence[str]
+  batches: Any  # callable () -> iterable of (images [b, H, W, 3] float32, labels [b] int32)
+
+
+class ZeroShotEvaluator:
+  """Runs every task; results are {task: {'top1', 'top5', 'chance', 'num_classes', 'num_images'}}."""
+
+  def __init__(self, model: two_towers.TwoTowers, tokenizer: Any, tasks: Iterable[ClassificationTask],
+               max_len: int, mesh: jax.sharding.Mesh):
+    self.model, self.tokenizer, self.tasks, self.max_len, self.mesh = model, tokenizer, list(tasks), max_len, mesh
+    self._encode_text = jax.jit(model.encode_text)
+    self._generate = jax.jit(model.generate)
+    self._classify = jax.jit(self._logits)
+    self._n_dev = mesh.size
+
+  def _logits(self, params, batch_stats, images, generated, zcls):
+    zimg, _ = self.model.encode_image(params, batch_stats, images[None], generated, train=False)
+    return zimg[0] @ zcls.T  # [b, C]
+
+  def class_embeddings(self, params: Any, class_names: Sequence[str], templates: Sequence[str]) -> jax.Array:
+    """Per-class mean of the templated prompt embeddings, renormalised: [C, D]."""
+    texts = [t.format(c) for c in class_names for t in templates]
+    tokens = self.tokenizer.encode(texts, self.max_len)
+    z = self._encode_text(params, jnp.asarray(tokens)).reshape(len(class_names), len(templates), -1)
+    return two_towers.l2_normalize(z.mean(1))
+
+  def run_task(self, params: Any, batch_stats: Any, task: ClassificationTask) -> dict[str, float]:
+    zcls = self.class_embeddings(params, task.class_names, task.templates)
+    generated = self._generate(params, zcls[None])  # one set: the task's classes
+    k = min(5, len(task.class_names))
+    hits1 = hitsk = n = 0
+    for images, labels in task.batches():
+      b = images.shape[0]
+      pad = (-b) % self._n_dev  # keep the batch divisible over the mesh; padded rows are dropped below
+      if pad:
+        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+      images = jax.device_put(images, sharding.batch_sharding(self.mesh))
+      logits = np.asarray(self._classify(params, batch_stats, images, generated, zcls))[:b]
+      topk = np.argsort(-logits, axis=1)[:, :k]
+      hits1 += int((topk[:, 0] == labels).sum())
+      hitsk += int((topk == labels[:, None]).any(1).sum())
+      n += b
+    # top5 is top-min(5, C): 1.0 by definition for tasks of fewer than 5 classes.
+    return {"top1": hits1 / n, "top5": hitsk / n,
+            "chance": 1.0 / len(task.class_names), "num_classes": len(task.class_names), "num_images": n}
+
+  def run(self, params: Any, batch_stats: Any) -> dict[str, dict[str, float]]:
+    return {t.name: self.run_task(params, batch_stats, t) for t in self.tasks}
+
+  @staticmethod
+  def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"zeroshot/{task}/{k}": v for task, r in results.items() for k, v in r.items()
+            if k.startswith("top")}
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+  """A plain-text table of zero-shot top-1 per task next to chance level."""
+  width = max([len("task")] + [len(t) for t in results])
+  lines = [f"{'task':<{width}}  classes  top1    chance  top1/chance", "-" * (width + 41)]
+  for task, r in results.items():
+    lines.append(f"{task:<{width}}  {r['num_classes']:>7d}  {r['top1']:6.3f}  {r['chance']:6.3f}  "
+                 f"{r['top1'] / r['chance']:6.2f}x")
+  return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""The trainer end to end on the tiny demo config: resume is bit-exact, bad input stops cleanly."""
+import json
+import os
+import shutil
+
+import pytest
+
+from hyperclip_jax import config as config_lib
+from hyperclip_jax import train
+
+DEMO = os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py")
+
+
+def _tiny(variant="hyperclip", **overrides):
+  config = config_lib.load_config(f"{DEMO}:tiny=true,variant={variant}")
+  for k, v in overrides.items():
+    config_lib.apply_override(config, k, str(v))
+  return config
+
+
+def _last_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return json.loads(f.readlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("full"))
+  results = train.train(_tiny(), workdir)
+  return workdir, results
+
+
+def test_run_writes_metrics_config_and_final_eval(full_run):
+  workdir, results = full_run
+  last = _last_metrics(workdir)
+  assert len(last["params_checksum"]) == 16
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["variant"] == "hyperclip"
+  with open(os.path.join(workdir, "final_eval.json")) as f:
+    final = json.load(f)
+  assert final == results and set(final) and all(0.0 <= r["top1"] <= 1.0 for r in final.values())
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  losses = [r["train/loss"] for r in rows if "train/loss" in r]
+  assert all(l == l and l > 0 for l in losses)
+
+
+def test_resume_is_bit_exact(full_run, tmp_path, capfd):
+  workdir, _ = full_run
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(workdir, resumed)
+  ckpts = os.path.join(resumed, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  assert steps[-1] == 6 and 3 in steps
+  for s in steps:  # as if killed right after the step-3 checkpoint
+    if s > 3:
+      shutil.rmtree(os.path.join(ckpts, str(s)))
+  os.remove(os.path.join(resumed, "metrics.jsonl"))
+  train.train(_tiny(), resumed)
+  assert "resumed from step 3" in capfd.readouterr().err
+  assert _last_metrics(resumed)["params_checksum"] == _last_metrics(workdir)["params_checksum"]
+
+
+def test_incompatible_checkpoint_is_refused_and_kept(full_run, tmp_path):
+  workdir, _ = full_run
+  other = str(tmp_path / "other")
+  shutil.copytree(workdir, other)
+  before = sorted(os.listdir(os.path.join(other, "checkpoints")))
+  with pytest.raises(Exception, match=r"different model config \(config.model.embed_dim"):
+    train.train(_tiny(**{"model.embed_dim": 48}), other)
+  assert sorted(os.listdir(os.path.join(other, "checkpoints"))) == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "configs/nope.py", "--workdir", "x"], "does not exist"),
+    (["--config", f"{DEMO}:tiny=true", "--workdir", "x", "--config.modle.embed_dim=3"], "config.modle is unknown"),
+    (["--config", f"{DEMO}:tiny=true", "--workdir", "x", "--config.batch_size=abc"], "not a valid int"),
+    (["--config", f"{DEMO}:tiny=true", "--workdir", "x", "--config.batch_size=36"], "not divisible"),
+    (["--config", f"{DEMO}:tiny=true,varaint=siglip", "--workdir", "x"], "varaint"),
+    (["--config", f"{DEMO}:tiny=true", "--workdir", "x", "--config.model.variant=hyper"], "variant"),
+])
+def test_bad_input_is_a_one_line_error(argv, message, capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(os.path.join(os.path.dirname(__file__), ".."))
+  argv = [a if a != "x" else str(tmp_path / "w") for a in argv]
+  assert train.main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert message in err and "\n" not in err
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+@pytest.mark.parametrize("variant", ["siglip", "token"])
+def test_variants_run_by_config_argument(variant, tmp_path):
+  results = train.train(_tiny(variant, total_steps=2), str(tmp_path))
+  assert _last_metrics(str(tmp_path))["params_checksum"]
+  assert set(results)
