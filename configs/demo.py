@@ -38,13 +38,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=2e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=1e-4, clip_norm=1.0,
-      schedule=ml_collections.ConfigDict(dict(name="cosine", warmup_steps=100, end_value=0.0)),
+      schedule=ml_collections.ConfigDict(dict(name="cosine", warmup_steps=100, end_fraction=0.0)),
       wd_mults=[(".*/kernel$", 1.0), (".*", 0.0)],
       lr_mults=[(".*", 1.0)],
       frozen=[]))
 
   c.data = ml_collections.ConfigDict(dict(
-      name="demo", image_size=64, max_len=64, tokenizer="bytes", vocab_size=260, two_objects_prob=0.0,
+      name="demo", image_size=64, max_len=80, tokenizer="bytes", two_objects_prob=0.0,
       worker_count=0))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))

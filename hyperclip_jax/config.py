@@ -146,5 +146,5 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 def model_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config entries that decide parameter shapes: a checkpoint only restores under the same ones."""
-  data = {k: config.data[k] for k in ("image_size", "max_len", "tokenizer", "vocab_size")}
+  data = {k: config.data[k] for k in ("image_size", "max_len", "tokenizer")}
   return json.loads(json.dumps({"model": config.model.to_dict(), "data": data}, sort_keys=True, default=str))

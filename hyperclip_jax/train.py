@@ -45,10 +45,7 @@ def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformatio
     def objective(params):
       zimg, ztxt, batch_stats = model(params, state["batch_stats"], batch["image"], batch["text"], train=True,
                                       rng=step_rng)
-      if loss_name == "sigmoid":
-        loss = loss_fn(zimg, ztxt, params["t"], params["b"])
-      else:
-        loss = loss_fn(zimg, ztxt, params["t"])
+      loss = loss_fn(zimg, ztxt, params["t"], params["b"])  # softmax-CLIP ignores the bias
       return loss, (batch_stats, zimg, ztxt)
 
     (loss, (batch_stats, zimg, ztxt)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
@@ -77,14 +74,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the final evaluation {task: {top1, chance, ...}}."""
   config_lib.validate(config, jax.device_count())
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.make_mesh(config.mesh)
-  model = two_towers.build_model(config)
-  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
-  param_shapes = jax.eval_shape(model.init, init_rng)["params"]
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps, param_shapes)
+  try:  # the builders check their own config values; their ValueErrors are config errors
+    mesh = sharding.make_mesh(config.mesh)
+    model = two_towers.build_model(config)
+    tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
+    param_shapes = jax.eval_shape(model.init, init_rng)["params"]
+    tx, schedule = optim.make_optimizer(config.optim, config.total_steps, param_shapes)
+    evaluator = evaluators.build(config, model, tokenizer, mesh)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+  os.makedirs(workdir, exist_ok=True)
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   signature = config_lib.model_signature(config)
@@ -107,31 +108,29 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   repl = sharding.replicated(mesh)
   train_step = jax.jit(make_train_step(model, tx, config.loss.name, schedule), donate_argnums=(0,),
                        out_shardings=(repl, repl))
-  evaluator = evaluators.build(config, model, tokenizer, mesh)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   progress = metrics_lib.Progress(config.total_steps, config.batch_size, enabled=is_main)
 
   step = int(jax.device_get(state["step"]))
-  last_save, last_saved_step = time.monotonic(), step
+  first_step, last_save = step, time.monotonic()
   progress.start(step)
-  train_time, t_last = 0.0, time.perf_counter()
   while step < config.total_steps:
     batch = sharding.put_batch({k: v for k, v in next(data_iter).items() if k in ("image", "text")}, mesh)
     state, metrics = train_step(state, batch, train_rng)
     step += 1
+    if step == first_step + 1:  # throughput excludes the compile of the first step
+      jax.block_until_ready(metrics)
+      progress.start(step)
     last = step == config.total_steps
     if step % config.log_every_steps == 0 or last:
       metrics = jax.device_get(metrics)
-      now = time.perf_counter()
-      train_time += now - t_last
-      t_last = now
       metrics["perf/images_per_sec"] = progress.images_per_sec(step)
       writer.write(step, metrics)
       progress.update(step, float(metrics["train/loss"]))
     due = step % config.checkpoint_every_steps == 0 or time.monotonic() - last_save >= config.checkpoint_every_secs
     if due or last:
       checkpointer.save(step, state, data_iter.get_state(), signature)
-      last_save, last_saved_step = time.monotonic(), step
+      last_save = time.monotonic()
     if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
       writer.write(step, evaluator.flat_metrics(evaluator.run(state["params"], state["batch_stats"])))
       progress.start(step)  # evaluation time is not training throughput

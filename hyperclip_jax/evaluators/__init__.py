@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -16,9 +17,14 @@ from hyperclip_jax.evaluators.zeroshot import format_table
 TASK_SETS = ("demo",)
 
 
-def _demo_tasks(config: ml_collections.ConfigDict, settings: ml_collections.ConfigDict):
-  from hyperclip_jax.data.sources import demo  # late: only the demo needs it
-  return demo.zeroshot_tasks(config.data.image_size, settings.n_eval, settings.batch_size)
+def _demo_tasks(config: ml_collections.ConfigDict,
+                settings: ml_collections.ConfigDict) -> list[zeroshot.ClassificationTask]:
+  from hyperclip_jax.data import input_pipeline  # late: only the demo needs them
+  from hyperclip_jax.data.sources import demo
+  tasks = demo.demo_tasks(config.data.image_size, settings.n_eval)
+  return [zeroshot.ClassificationTask(
+      t.name, t.class_names, t.templates,
+      functools.partial(input_pipeline.make_eval_batches, t, settings.batch_size)) for t in tasks.values()]
 
 
 def build(config: ml_collections.ConfigDict, model: Any, tokenizer: Any,

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from hyperclip_jax import models
+from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import hypernet as hypernet_lib
 from hyperclip_jax.models import layers
 from hyperclip_jax.models import text as text_lib
@@ -151,7 +152,8 @@ def build_model(config: ml_collections.ConfigDict) -> TwoTowers:
   text_kw = m.text.to_dict()
   preset = text_kw.pop("preset", None)
   text = text_lib.build_text_tower(preset, out_dim=m.embed_dim, max_len=config.data.max_len,
-                                   vocab_size=config.data.vocab_size, dtype=jnp.dtype(m.dtype), **text_kw)
+                                   vocab_size=tokenizers.get_tokenizer(config.data.tokenizer).vocab_size,
+                                   dtype=jnp.dtype(m.dtype), **text_kw)
   tt = TwoTowers(variant=m.variant, image=image, text=text, hyper=None, set_size=m.hyper.set_size,
                  image_size=config.data.image_size, max_len=config.data.max_len,
                  t_init=m.t_init, b_init=m.b_init)

@@ -1,0 +1,183 @@
+"""grain input pipeline: deterministic, checkpointable training batches and zero-shot eval batches.
+
+Training stream: global position g = step * global_batch + row. Host k (of P) renders only rows
+[k*b, (k+1)*b) of every global batch (b = global_batch / P), so the host slices are disjoint and, concatenated
+in host order, equal the single-host batch. Position g reads source item g (infinite sources such as the demo)
+or item perm_epoch(g mod n) of a finite source (stateless per-epoch reshuffle). The iterator's state is the
+next step number, so `it.set_state(state)` resumes with exactly the next batch, at any worker count.
+
+config.data fields (an ml_collections ConfigDict; missing optional fields take these defaults):
+  name: str = 'demo'              source (see data/sources: SOURCES)
+  image_size: int = 64            demo render size (pixels)
+  max_len: int = 32               tokens per caption, EOS included (bytes: 64 fits 91% of one-object demo
+                                  captions, 128 fits 99.8% of all; longer ones are truncated)
+  two_objects_prob: float = 0.3   demo: share of two-object scenes
+  partial_caption_prob: float = 0.2  demo: share of captions naming only some attributes
+  shuffle: bool = True            finite sources: reshuffle every epoch (the demo stream is already random)
+  worker_count: int = 0           grain worker processes (mp_prefetch); 0 renders in this process
+  worker_buffer_size: int = 2     batches each worker keeps ready
+  read_threads: int = 1           background threads of this process (each makes whole batches); 0 = inline
+  prefetch_batches: int = 2       batches read ahead in this process
+"""
+from typing import Any, Iterator
+
+from absl import flags as absl_flags
+import grain
+import grain.experimental
+import numpy as np
+
+from hyperclip_jax.data import sources
+from hyperclip_jax.data.sources.demo import ZeroShotTask
+from hyperclip_jax.data.tokenizers import Tokenizer
+
+_INFINITE = 2**40  # sources at least this long are read in order, never reshuffled
+_STREAM_LEN = 2**62
+
+
+def to_model_image(image: np.ndarray) -> np.ndarray:
+  """uint8 [..., H, W, 3] -> float32 in [-1, 1] (the value_range(-1, 1) convention)."""
+  return image.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+
+
+class _HostPosition:
+  """Local element j of host k -> global stream position g (host k's rows of each global batch)."""
+
+  def __init__(self, global_batch: int, local_batch: int, process_index: int):
+    self.global_batch, self.local_batch, self.offset = global_batch, local_batch, process_index * local_batch
+
+  def __call__(self, j: int) -> int:
+    step, row = divmod(int(j), self.local_batch)
+    return step * self.global_batch + self.offset + row
+
+
+class _ReadExample:
+  """Global position -> model inputs {'image': f32 [H, W, 3], 'text': i32 [L], 'index': i64}."""
+
+  def __init__(self, source: Any, tokenizer: Tokenizer, max_len: int, shuffle: bool, seed: int):
+    self.source, self.tokenizer, self.max_len = source, tokenizer, max_len
+    self.n = len(source)
+    self.shuffle, self.seed = shuffle and self.n < _INFINITE, seed
+
+  def source_index(self, g: int) -> int:
+    if self.n >= _INFINITE:
+      return g
+    epoch, i = divmod(g, self.n)
+    if not self.shuffle or self.n == 1:
+      return i
+    epoch_seed = (self.seed * 1_000_003 + epoch) % 2**31  # index_shuffle takes a 32-bit seed
+    return grain.experimental.index_shuffle(i, max_index=self.n - 1, seed=epoch_seed, rounds=4)
+
+  def __call__(self, g: int) -> dict:
+    example = self.source[self.source_index(g)]
+    return {
+        "image": to_model_image(example["image"]),
+        "text": self.tokenizer.encode([example["caption"]], self.max_len)[0],
+        "index": np.int64(g),
+    }
+
+
+class TrainIterator(grain.DatasetIterator):
+  """grain iterator over the batches of one host. Its state is just the next step number (a JSON dict), and
+  every batch is a pure function of its step, so a checkpoint resumes exactly, under any worker or thread
+  count; restoring it under another global batch size is refused."""
+
+  def __init__(self, batches: grain.MapDataset, global_batch_size: int, read_options: grain.ReadOptions,
+               mp_options: grain.MultiprocessingOptions | None):
+    self._batches, self._global_batch_size = batches, global_batch_size
+    self._read_options, self._mp_options = read_options, mp_options
+    self._step, self._inner = 0, None
+    super().__init__()
+
+  def _start(self) -> grain.DatasetIterator:
+    ds = self._batches[self._step:].to_iter_dataset(self._read_options)
+    if self._mp_options is not None:
+      ds = ds.mp_prefetch(self._mp_options)
+    inner = iter(ds)
+    self._parents = (inner,)  # so close() reaches grain's threads and worker processes
+    return inner
+
+  def __next__(self) -> dict:
+    self._assert_not_closed()
+    if self._inner is None:
+      self._inner = self._start()
+    batch = next(self._inner)
+    self._step += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    return {"next_step": self._step, "global_batch_size": self._global_batch_size}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    if state.get("global_batch_size") != self._global_batch_size:
+      raise ValueError(f"data iterator state is for global batch size {state.get('global_batch_size')}, "
+                       f"not {self._global_batch_size}; restore with the batch size it was saved with")
+    if self._inner is not None:
+      self._inner.close()
+      self._inner, self._parents = None, ()
+    self._step = int(state["next_step"])
+
+
+def make_train_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_size: int, seed: int,
+                        process_index: int = 0, process_count: int = 1) -> TrainIterator:
+  """Endless iterator of this host's slice of each global batch:
+  {'image': f32 [b, H, W, 3] in [-1, 1], 'text': i32 [b, L], 'index': i64 [b]}, b = global / process_count.
+  `it.get_state()` / `it.set_state(state)` checkpoint it (grain/Orbax protocol).
+  """
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of the process "
+                     f"count {process_count}")
+  max_len = config_data.get("max_len", 32)
+  worker_count = config_data.get("worker_count", 0)
+  if worker_count < 0:
+    raise ValueError(f"config.data.worker_count={worker_count} must be >= 0 (0 renders in-process)")
+  local_batch = global_batch_size // process_count
+  source = sources.get_source(config_data, seed)
+  read = _ReadExample(source, tokenizer, max_len, config_data.get("shuffle", True), seed)
+  batches = (grain.MapDataset.range(_STREAM_LEN)
+             .map(_HostPosition(global_batch_size, local_batch, process_index))
+             .map(read)
+             .batch(local_batch, drop_remainder=True))
+  read_options = grain.ReadOptions(num_threads=config_data.get("read_threads", 1),
+                                   prefetch_buffer_size=config_data.get("prefetch_batches", 2))
+  mp_options = None
+  if worker_count > 0:
+    if not absl_flags.FLAGS.is_parsed():  # grain's worker processes read absl flags; use their defaults
+      absl_flags.FLAGS.mark_as_parsed()
+    mp_options = grain.MultiprocessingOptions(
+        num_workers=worker_count, per_worker_buffer_size=config_data.get("worker_buffer_size", 2))
+  return TrainIterator(batches, global_batch_size, read_options, mp_options)
+
+
+def make_eval_batches(task: ZeroShotTask, batch_size: int, pad_last: bool = False, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Yields (images f32 [b, H, W, 3] in [-1, 1], labels i32 [b]) over task's n_eval examples, in order.
+
+  Each host gets rows [k*b, (k+1)*b) of every global batch (b = batch_size / process_count). The last batch
+  is smaller unless pad_last, which fills it with zero images labelled -1 (padding: ignore in metrics).
+  """
+  if batch_size < 1 or batch_size % process_count:
+    raise ValueError(f"eval batch size {batch_size} must be a positive multiple of the process count "
+                     f"{process_count}")
+  if process_count > 1 and not pad_last:
+    raise ValueError("make_eval_batches with several processes needs pad_last=True (equal batch counts)")
+  local = batch_size // process_count
+  for start in range(0, task.n_eval, batch_size):
+    rows = range(start + process_index * local, start + (process_index + 1) * local)
+    examples = [task.sample_fn(i) for i in rows if i < task.n_eval]
+    n_pad = local - len(examples) if pad_last else 0
+    if n_pad:
+      blank = np.zeros_like(task.sample_fn(0)[0])
+      examples += [(blank, -1)] * n_pad
+    images = to_model_image(np.stack([img for img, _ in examples]))  # [b, H, W, 3]
+    if n_pad:
+      images[len(examples) - n_pad:] = 0.0
+    yield images, np.asarray([label for _, label in examples], np.int32)
+
+
+def make_prompt_tokens(task: ZeroShotTask, tokenizer: Tokenizer, max_len: int) -> np.ndarray:
+  """Tokenized prompts of every class x template: int32 [num_classes, num_templates, max_len]."""
+  prompts = task.prompts()
+  flat = [p for per_class in prompts for p in per_class]
+  return tokenizer.encode(flat, max_len).reshape(len(prompts), len(task.templates), max_len)

@@ -1,0 +1,90 @@
+"""Text tokenizers behind one registry, `get_tokenizer(name, **kw)`.
+
+'bytes' needs no vocabulary file: token = UTF-8 byte + NUM_SPECIAL, with pad=0, bos=1, eos=2. It is the
+embedded default (the demo captions are ASCII) and keeps the whole pipeline download-free. Sentencepiece
+and CLIP BPE (from user-given vocab files) join the registry later.
+
+Every tokenizer has `vocab_size`, `pad_id`, `bos_id`, `eos_id`, `encode(texts, max_len) -> int32 [N, L]`
+and `decode(ids) -> list[str]`. Encoding appends EOS and pads; truncation keeps the EOS; `sticky_eos`
+pads with EOS instead of pad (SigLIP's convention, so "last token" pooling always reads an EOS).
+"""
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+NUM_SPECIAL = 3
+
+
+class Tokenizer(Protocol):
+  vocab_size: int
+  pad_id: int
+  bos_id: int
+  eos_id: int
+
+  def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray: ...
+
+  def decode(self, ids: np.ndarray) -> list[str]: ...
+
+
+class ByteTokenizer:
+  """UTF-8 byte-level tokenizer; vocab_size = 256 + 3 specials."""
+
+  def __init__(self, lowercase: bool = False, add_bos: bool = False, add_eos: bool = True,
+               sticky_eos: bool = False):
+    if sticky_eos and not add_eos:
+      raise ValueError("tokenizer sticky_eos=True needs add_eos=True (it pads with the EOS id)")
+    self.lowercase, self.add_bos, self.add_eos, self.sticky_eos = lowercase, add_bos, add_eos, sticky_eos
+    self.pad_id, self.bos_id, self.eos_id = PAD_ID, BOS_ID, EOS_ID
+    self.vocab_size = 256 + NUM_SPECIAL
+
+  def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
+    """Token ids int32 [len(texts), max_len]: [bos] bytes eos pad... (truncated to fit, EOS kept)."""
+    if isinstance(texts, str):
+      raise ValueError("tokenizer.encode takes a list of strings; wrap a single text as [text]")
+    reserved = int(self.add_bos) + int(self.add_eos)
+    if max_len <= reserved:
+      raise ValueError(f"tokenizer max_len={max_len} leaves no room for text; use max_len > {reserved}")
+    fill = self.eos_id if self.sticky_eos else self.pad_id
+    out = np.full((len(texts), max_len), fill, np.int32)  # [N, L]
+    room = max_len - reserved
+    for row, text in enumerate(texts):
+      data = (text.lower() if self.lowercase else text).encode("utf-8")
+      if len(data) > room:
+        cut = room
+        while cut > 0 and (data[cut] & 0xC0) == 0x80:  # never split a multi-byte character
+          cut -= 1
+        data = data[:cut]
+      ids = np.frombuffer(data, np.uint8).astype(np.int32) + NUM_SPECIAL
+      start = int(self.add_bos)
+      if self.add_bos:
+        out[row, 0] = self.bos_id
+      out[row, start:start + len(ids)] = ids
+      if self.add_eos:
+        out[row, start + len(ids)] = self.eos_id
+    return out
+
+  def decode(self, ids: np.ndarray) -> list[str]:
+    """Texts from ids [N, L] (or [L]): everything from the first EOS on and all specials are dropped."""
+    ids = np.asarray(ids)
+    rows = ids[None] if ids.ndim == 1 else ids
+    texts = []
+    for row in rows:
+      row = row.tolist()
+      if self.eos_id in row:
+        row = row[:row.index(self.eos_id)]
+      data = bytes(t - NUM_SPECIAL for t in row if NUM_SPECIAL <= t < self.vocab_size)
+      texts.append(data.decode("utf-8", errors="replace"))
+    return texts
+
+
+TOKENIZERS: dict[str, Callable[..., Tokenizer]] = {
+    "bytes": ByteTokenizer,
+}
+
+
+def get_tokenizer(name: str, **kw) -> Tokenizer:
+  """The tokenizer registered as `name`, built with keyword options `kw`."""
+  if name not in TOKENIZERS:
+    raise ValueError(f"tokenizer name {name!r} is unknown; known: {', '.join(sorted(TOKENIZERS))}")
+  return TOKENIZERS[name](**kw)
