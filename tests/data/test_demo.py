@@ -93,7 +93,7 @@ def test_heldout_task_shows_only_and_all_heldout_pairs():
 def test_task_labels_are_balanced_and_match_the_drawn_object():
   tasks = demo_tasks(32, n_eval=24)
   sizes = {name: len(t.class_names) for name, t in tasks.items()}
-  assert sizes == {"colour": 8, "shape": 6, "colour_shape": 41, "position": 5, "size": 2, "texture": 3,
+  assert sizes == {"colour": 8, "shape": 6, "colour_shape": 41, "position": 5, "size_position": 10, "texture": 3,
                    "heldout_colour_shape": 7}
   assert len(set(sizes.values())) == len(sizes)  # the hypernetwork sees set sizes that all differ
   for name, task in tasks.items():
@@ -104,7 +104,12 @@ def test_task_labels_are_balanced_and_match_the_drawn_object():
       assert image.shape == (32, 32, 3) and label == i % len(task.class_names)
       _, scene, _ = task.sample_fn.sample(i)
       (obj,) = scene.objects
-      value = f"{obj.colour} {obj.shape}" if "colour_shape" in name else getattr(obj, name)
+      if "colour_shape" in name:
+        value = f"{obj.colour} {obj.shape}"
+      elif name == "size_position":
+        value = f"{obj.size} shape {demo.SYNONYMS['position'][obj.position][0]}"
+      else:
+        value = getattr(obj, name)
       assert value == task.class_names[label]
 
 
@@ -120,5 +125,5 @@ def test_cli_writes_pngs_and_captions(tmp_path):
   lines = (tmp_path / "train" / "captions.txt").read_text().splitlines()
   assert len(lines) == 3 and lines[0].split("\t")[1] == DemoSource(32)[0]["caption"]
   assert sorted(p.name for p in (tmp_path / "train").glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
-  cli.main(["demo", "--out", str(tmp_path / "task"), "--n", "2", "--size", "32", "--task", "size"])
-  assert (tmp_path / "task" / "captions.txt").read_text().splitlines()[1] == "00001.png\tlarge"
+  cli.main(["demo", "--out", str(tmp_path / "task"), "--n", "2", "--size", "32", "--task", "size_position"])
+  assert (tmp_path / "task" / "captions.txt").read_text().splitlines()[1] == "00001.png\tsmall shape at the top right"

@@ -297,6 +297,8 @@ class DemoTaskSampler:
     if self.attribute == "colour_shape":
       colour, shape = name.split(" ")
       return {"colour": colour, "shape": shape}
+    if self.attribute == "size_position":
+      return dict(SIZE_POSITION_CLASSES[name])
     return {self.attribute: name}
 
   def sample(self, index: int) -> tuple[np.ndarray, Scene, int]:
@@ -317,12 +319,19 @@ _TEMPLATES = {
     "position": ("a shape at the {}.", "an object in the {}.", "a photo of something at the {}.",
                  "one thing in the {}."),
     "texture": ("the {} shape.", "one {} object.", "a photo of something {}."),
+    "size_position": ("a {}.", "a photo of a {}.", "one {}.", "an image of a {}."),
 }
+
+# "large shape at the top left" -> {size, position}: a 10-class compositional task. (A plain 2-class size
+# task cannot show "twice chance", so size is evaluated together with position.)
+SIZE_POSITION_CLASSES: dict[str, tuple[tuple[str, str], ...]] = {
+    f"{size} shape {SYNONYMS['position'][pos][0]}": (("size", size), ("position", pos))
+    for size in SIZES for pos in POSITIONS}
 
 
 def demo_tasks(image_size: int = 64, n_eval: int = 512, seed: int = _DEFAULT_EVAL_SEED
                ) -> dict[str, ZeroShotTask]:
-  """The demo zero-shot tasks, keyed by name. Their label-set sizes all differ (8, 6, 41, 5, 2, 3, 7).
+  """The demo zero-shot tasks, keyed by name. Their label-set sizes all differ (8, 6, 41, 5, 10, 3, 7).
 
   Eval examples come from streams disjoint from training (stream ids >= 1) and, by default, another seed.
   `heldout_colour_shape` uses only HELDOUT_PAIRS, which training never shows.
@@ -334,7 +343,7 @@ def demo_tasks(image_size: int = 64, n_eval: int = 512, seed: int = _DEFAULT_EVA
       ("shape", "shape", SHAPES, SEEN_PAIRS),
       ("colour_shape", "colour_shape", tuple(f"{c} {s}" for c, s in SEEN_PAIRS), SEEN_PAIRS),
       ("position", "position", POSITIONS, SEEN_PAIRS),
-      ("size", "size", SIZES, SEEN_PAIRS),
+      ("size_position", "size_position", tuple(SIZE_POSITION_CLASSES), SEEN_PAIRS),
       ("texture", "texture", TEXTURES, SEEN_PAIRS),
       ("heldout_colour_shape", "colour_shape", tuple(f"{c} {s}" for c, s in HELDOUT_PAIRS), HELDOUT_PAIRS),
   )
