@@ -23,6 +23,18 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -q tests
 
+# Reference outputs for tests/models/test_timm_parity.py, from timm in its own venv (torch never enters .venv).
+GOLDEN_VENV := .venv-golden
+GOLDEN_PINS := torch==2.14.1 torchvision==0.29.1 timm==1.0.29 numpy==2.4.6
+
+$(GOLDEN_VENV)/.installed:
+	$(PYTHON) -m venv $(GOLDEN_VENV)
+	$(GOLDEN_VENV)/bin/pip install -q $(GOLDEN_PINS)
+	touch $@
+
+golden: $(GOLDEN_VENV)/.installed
+	$(GOLDEN_VENV)/bin/python bench/make_golden.py
+
 bench: $(VENV)/.installed
 	$(PY) bench/train_step.py
 

@@ -80,6 +80,8 @@ def build_arch(width_mult: float, depth_mult: float, family: str,
   def round_chs(chs: int) -> int:
     return make_divisible(chs * width_mult, 8)
 
+  if family not in ("efficientnet", "tinynet"):
+    raise ValueError(f"EfficientNet family {family!r} is unknown; known: efficientnet, tinynet")
   if family == "tinynet":
     stem = _STEM_CHS  # timm: fix_stem=True
     head = max(_HEAD_CHS, round_chs(_HEAD_CHS))

@@ -86,7 +86,8 @@ def scale_repeats(repeats: Sequence[int], depth_mult: float) -> list[int]:
   return scaled[::-1]
 
 
-def build_blocks(variant: str, width_mult: float = 1.0, depth_mult: float = 1.0) -> tuple[int, list[list[BlockSpec]]]:
+def build_blocks(variant: str, width_mult: float = 1.0,
+                 depth_mult: float = 1.0) -> tuple[int, list[list[BlockSpec]]]:
   """Stem width and per-stage block specs, with timm's channel rounding (`round_channels`)."""
   stem = 16 if width_mult < 0.75 else make_divisible(16 * width_mult)  # timm: fix_stem below 0.75
   cin, stages = stem, []

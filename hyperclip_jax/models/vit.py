@@ -5,7 +5,7 @@ pre-norm blocks (LayerNorm eps 1e-6, multi-head self-attention with a fused qkv 
 final LayerNorm -> class token: timm's `forward_head(..., pre_logits=True)` for these models. Every
 LayerNorm is a ConditionedNorm(kind='layer'), so the hypernetwork can generate its scale and bias. Tokens
 stay grouped as [G, S, N, D]. At an input size other than the native one (`default_size`), the position
-embeddings of the patch grid are resampled bilinearly; the class-token embedding is kept.
+embeddings of the patch grid are resampled bicubically with antialiasing (timm's resample_abs_pos_embed defaults); the class-token embedding is kept.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _dense_init = nn.initializers.truncated_normal(0.02)  # timm's trunc_normal_(std
 
 
 def resample_pos_embed(pos_embed: Array, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Array:
-  """[1 + h·w, D] -> [1 + h'·w', D]: bilinear resampling of the grid part, class-token row kept.
+  """[1 + h·w, D] -> [1 + h'·w', D]: bicubic (antialiased) resampling of the grid part, class-token row kept.
 
   Downsampling is antialiased (like timm's resample_abs_pos_embed, which is bicubic by default).
   """
@@ -32,7 +32,7 @@ def resample_pos_embed(pos_embed: Array, old_grid: tuple[int, int], new_grid: tu
   (oh, ow), (nh, nw) = old_grid, new_grid
   d = pos_embed.shape[-1]
   grid = pos_embed[1:].reshape(oh, ow, d).astype(jnp.float32)
-  grid = jax.image.resize(grid, (nh, nw, d), method="linear", antialias=True)
+  grid = jax.image.resize(grid, (nh, nw, d), method="cubic", antialias=True)
   return jnp.concatenate([pos_embed[:1], grid.reshape(nh * nw, d).astype(pos_embed.dtype)], axis=0)
 
 
