@@ -16,7 +16,7 @@ from hyperclip_jax.config import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, variant="hyperclip", steps=1500, encoder="efficientnet_b0", tiny=False)
+  arg = parse_arg(arg, variant="hyperclip", steps=900, encoder="efficientnet_b0", tiny=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = arg.steps
@@ -44,14 +44,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       frozen=[]))
 
   c.data = ml_collections.ConfigDict(dict(
-      name="demo", image_size=64, max_len=80, tokenizer="bytes", two_objects_prob=0.0,
+      name="demo", image_size=64, max_len=80, tokenizer="bytes", two_objects_prob=0.0, read_threads=1,
       worker_count=0))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
 
   c.evals = ml_collections.ConfigDict(dict(
       zeroshot=ml_collections.ConfigDict(dict(tasks="demo", n_eval=512, batch_size=128))))
-  c.eval_every_steps = 500
+  c.eval_every_steps = 450
 
   c.log_every_steps = 25
   c.checkpoint_every_steps = 500
@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
 
   if arg.tiny:  # seconds per step on 2 cores: tests and smoke runs
-    c.total_steps = arg.steps if arg.steps != 1500 else 6
+    c.total_steps = arg.steps if arg.steps != 900 else 6
     c.batch_size = 32
     c.model.embed_dim = 32
     c.model.image.width_mult = 0.1
