@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       frozen=[]))
 
   c.data = ml_collections.ConfigDict(dict(
-      name="demo", image_size=64, max_len=80, tokenizer="bytes", two_objects_prob=0.0, read_threads=1,
+      name="demo", image_size=64, max_len=32, tokenizer="demo_words", two_objects_prob=0.0, read_threads=1,
       worker_count=0))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.text.update(dict(width=32, depth=1, heads=2, mlp_dim=64))
     c.model.hyper.update(dict(set_size=4, width=32, depth=1, heads=2, bottleneck=16))
     c.data.image_size = 32
-    c.data.max_len = 48
+    c.data.max_len = 24
     c.optim.schedule.warmup_steps = 2
     c.evals.zeroshot.update(dict(n_eval=32, batch_size=32))
     c.eval_every_steps = 0

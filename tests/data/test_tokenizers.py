@@ -51,3 +51,16 @@ def test_bad_arguments_raise_value_error():
     tok.encode("a red circle", 8)
   with pytest.raises(ValueError, match="sticky_eos"):
     get_tokenizer("bytes", sticky_eos=True, add_eos=False)
+
+
+def test_demo_words_cover_every_caption_and_prompt_without_unk():
+  from hyperclip_jax.data.sources import demo
+  tok = get_tokenizer("demo_words")
+  source = demo.DemoSource(32, two_objects_prob=0.5)
+  texts = [source[i]["caption"] for i in range(2000)]
+  texts += [p for task in demo.demo_tasks(32, 4).values() for per_class in task.prompts() for p in per_class]
+  ids = tok.encode(texts, 32)
+  assert not (ids == tok.UNK_ID).any()
+  assert (ids == tok.eos_id).sum(1).min() == 1  # nothing truncated at 32 tokens
+  assert tok.decode(tok.encode(["A red circle, at the top left."], 16)) == ["a red circle , at the top left ."]
+  assert tok.encode(["a zebra"], 4)[0].tolist() == [tok.encode(["a"], 2)[0, 0], tok.UNK_ID, tok.eos_id, 0]

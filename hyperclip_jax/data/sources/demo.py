@@ -354,3 +354,12 @@ def demo_tasks(image_size: int = 64, n_eval: int = 512, seed: int = _DEFAULT_EVA
     sampler = DemoTaskSampler(source, attribute, classes)
     tasks[name] = ZeroShotTask(name, tuple(classes), _TEMPLATES[attribute], sampler, n_eval)
   return tasks
+
+
+def vocabulary() -> tuple[str, ...]:
+  """Every word the demo grammar, its task class names and templates can produce (sorted, deterministic)."""
+  phrases = [w for values in SYNONYMS.values() for words in values.values() for w in words]
+  phrases += list(_PREFIXES) + list(_GENERIC_NOUNS) + ["a an one the and two shapes photo of in at , :"]
+  phrases += [t for templates in _TEMPLATES.values() for t in templates]
+  phrases += list(SIZE_POSITION_CLASSES) + list(POSITIONS)
+  return tuple(sorted({w for p in phrases for w in re.findall(r"[^\W\d_]+|[^\s{}]", p.lower())}))
