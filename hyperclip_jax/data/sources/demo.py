@@ -289,17 +289,19 @@ class DemoTaskSampler:
   """sample_fn of a demo zero-shot task: example i pins attribute `attribute` to class i % num_classes
   (balanced classes), all else random; a single object per image so the label is unambiguous."""
 
-  def __init__(self, source: DemoSource, attribute: str, class_names: Sequence[str]):
+  def __init__(self, source: DemoSource, attribute: str, class_names: Sequence[str],
+               pinned: tuple[tuple[str, str], ...] = ()):
     self.source, self.attribute, self.class_names = source, attribute, tuple(class_names)
+    self.pinned = dict(pinned)  # attributes fixed for every example, e.g. size=large
 
   def _fixed(self, label: int) -> dict:
     name = self.class_names[label]
     if self.attribute == "colour_shape":
       colour, shape = name.split(" ")
-      return {"colour": colour, "shape": shape}
+      return {**self.pinned, "colour": colour, "shape": shape}
     if self.attribute == "size_position":
       return dict(SIZE_POSITION_CLASSES[name])
-    return {self.attribute: name}
+    return {**self.pinned, self.attribute: name}
 
   def sample(self, index: int) -> tuple[np.ndarray, Scene, int]:
     label = index % len(self.class_names)
@@ -351,7 +353,10 @@ def demo_tasks(image_size: int = 64, n_eval: int = 512, seed: int = _DEFAULT_EVA
   for stream, (name, attribute, classes, pairs) in enumerate(specs, start=1):
     source = DemoSource(image_size, seed, two_objects_prob=0.0, partial_caption_prob=0.0,
                         stream=stream, pairs=pairs)
-    sampler = DemoTaskSampler(source, attribute, classes)
+    # Shape and texture are judged on large objects: a small one is ~11 px across at 64 px, where star points
+    # and stripes are 1-2 px. Training shows both sizes.
+    pinned = (("size", "large"),) if attribute in ("shape", "texture", "colour_shape") else ()
+    sampler = DemoTaskSampler(source, attribute, classes, pinned)
     tasks[name] = ZeroShotTask(name, tuple(classes), _TEMPLATES[attribute], sampler, n_eval)
   return tasks
 
