@@ -42,7 +42,12 @@ class Checkpointer:
 
   def check_compatible(self, step: int, meta: dict[str, Any]) -> None:
     """Raises CheckpointError when the checkpoint at `step` was written by a run with other model shapes."""
-    saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    try:
+      saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # a foreign or damaged layout: say so rather than guess
+      raise CheckpointError(
+          f"checkpoint step {step} in {self.directory} has no readable model signature ({type(e).__name__}); "
+          "use a new --workdir (nothing was overwritten)") from e
     if _canonical(saved) != _canonical(meta):
       diff = _first_difference(saved, meta)
       raise CheckpointError(
@@ -51,8 +56,13 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores (state, data_state) at `step`, placing arrays with the shardings of `abstract_state`."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    except ValueError as e:  # e.g. another optimizer (name, clipping, frozen rules) changes the state tree
+      raise CheckpointError(
+          f"checkpoint step {step} in {self.directory} does not match this run's train state (changed "
+          f"config.optim?): {str(e).splitlines()[0][:200]}; use a new --workdir or the config that wrote it") from e
     return out["state"], out["data"]
 
   def wait(self) -> None:

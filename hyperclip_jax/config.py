@@ -17,6 +17,7 @@ import ml_collections
 
 VARIANTS = ("siglip", "hyperclip", "token")
 LOSSES = ("sigmoid", "softmax")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -134,6 +135,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"{num_devices} devices; use a batch_size that is a multiple of {num_devices * s}")
   if config.data.image_size < 32:
     raise ConfigError(f"config.data.image_size={config.data.image_size} is below the encoders' minimum of 32")
+  for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "evals.zeroshot.n_eval",
+              "evals.zeroshot.batch_size"):
+    value = config
+    for k in key.split("."):
+      value = value[k]
+    if value < 1:
+      raise ConfigError(f"config.{key}={value} must be at least 1")
+  for key in ("eval_every_steps", "checkpoint_every_secs"):
+    if config[key] < 0:
+      raise ConfigError(f"config.{key}={config[key]} must be >= 0 (0 = off)")
+  if m.dtype not in DTYPES:
+    raise ConfigError(f"config.model.dtype={m.dtype!r} is unknown; known: {', '.join(DTYPES)}")
   if config.optim.schedule.warmup_steps > config.total_steps:
     raise ConfigError(
         f"config.optim.schedule.warmup_steps={config.optim.schedule.warmup_steps} exceeds "
@@ -145,6 +158,6 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def model_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config entries that decide parameter shapes: a checkpoint only restores under the same ones."""
+  """The config entries a checkpoint's model was built with (shapes and numerics): resume needs the same."""
   data = {k: config.data[k] for k in ("image_size", "max_len", "tokenizer")}
   return json.loads(json.dumps({"model": config.model.to_dict(), "data": data}, sort_keys=True, default=str))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
@@ -92,9 +93,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   latest = checkpointer.latest_step()
   if latest is not None:  # before anything is written: a mismatched workdir stays untouched
     checkpointer.check_compatible(latest, signature)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config_lib.to_json(config))
 
   state = init_state(model, tx, init_rng, mesh)
   data_iter = input_pipeline.make_train_iterator(
@@ -102,8 +100,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       process_index=jax.process_index(), process_count=jax.process_count())
   if latest is not None:
     state, data_state = checkpointer.restore(latest, ckpt_lib.abstract_like(state))
-    data_iter.set_state(data_state)
+    try:
+      data_iter.set_state(data_state)
+    except ValueError as e:  # e.g. another global batch size
+      raise ckpt_lib.CheckpointError(
+          f"checkpoint step {latest} cannot resume this run's data stream: {e}; use a new --workdir or the "
+          "config that wrote it") from e
     print(f"resumed from step {latest} ({checkpointer.directory})", file=sys.stderr, flush=True)
+  if is_main:  # only once the workdir is known to be ours
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config_lib.to_json(config))
 
   repl = sharding.replicated(mesh)
   train_step = jax.jit(make_train_step(model, tx, config.loss.name, schedule), donate_argnums=(0,),
@@ -127,7 +133,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       metrics["perf/images_per_sec"] = progress.images_per_sec(step)
       writer.write(step, metrics)
       progress.update(step, float(metrics["train/loss"]))
-    due = step % config.checkpoint_every_steps == 0 or time.monotonic() - last_save >= config.checkpoint_every_secs
+    due = step % config.checkpoint_every_steps == 0 or (
+        config.checkpoint_every_secs and time.monotonic() - last_save >= config.checkpoint_every_secs)
+    if jax.process_count() > 1:  # every process must take the same decision: Orbax saves collectively
+      due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
     if due or last:
       checkpointer.save(step, state, data_iter.get_state(), signature)
       last_save = time.monotonic()
@@ -136,6 +145,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       progress.start(step)  # evaluation time is not training throughput
 
   checkpointer.close()
+  data_iter.close()
   results = evaluator.run(state["params"], state["batch_stats"])
   final = {"params_checksum": ckpt_lib.tree_checksum(state["params"]), **evaluator.flat_metrics(results)}
   writer.write(step, final)

@@ -35,7 +35,7 @@ class ZeroShotEvaluator:
     self.model, self.tokenizer, self.tasks, self.max_len, self.mesh = model, tokenizer, list(tasks), max_len, mesh
     self._encode_text = jax.jit(model.encode_text)
     self._generate = jax.jit(model.generate)
-    self._classify = jax.jit(self._logits)
+    self._classify = jax.jit(self._logits, out_shardings=sharding.replicated(mesh))  # every host reads all
     self._n_dev = mesh.size
 
   def _logits(self, params, batch_stats, images, generated, zcls):

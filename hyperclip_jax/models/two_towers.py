@@ -80,7 +80,8 @@ class TwoTowers:
       params["hyper"] = self.hyper.init(r_hyp, z)["params"]
     if self.variant == "token":
       params["tokens"] = l2_normalize(jax.random.normal(r_tok, (self.set_size, self.embed_dim), jnp.float32))
-    return {"params": params, "batch_stats": {"img": img_vars["batch_stats"]}}
+    # ViTs have only LayerNorms: no running statistics, an empty batch_stats collection.
+    return {"params": params, "batch_stats": {"img": img_vars.get("batch_stats", {})}}
 
   @property
   def embed_dim(self) -> int:
@@ -117,7 +118,7 @@ class TwoTowers:
     rngs = {"dropout": rng} if rng is not None else {}
     if train:
       z, updates = self.image.apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])
-      batch_stats = {"img": updates["batch_stats"]}
+      batch_stats = {"img": updates.get("batch_stats", {})}
     else:
       z = self.image.apply(variables, images, train=False)
     return l2_normalize(z), batch_stats

@@ -8,6 +8,7 @@ import pytest
 
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import losses
+from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.py")
@@ -20,8 +21,9 @@ def _config(variant):
 def _batch(config, n=8, seed=0):
   rng = np.random.default_rng(seed)
   images = rng.uniform(-1, 1, (n, config.data.image_size, config.data.image_size, 3)).astype(np.float32)
-  tokens = rng.integers(4, 200, (n, config.data.max_len)).astype(np.int32)
-  tokens[:, 20:] = 0  # padding after 20 tokens
+  vocab = tokenizers.get_tokenizer(config.data.tokenizer).vocab_size
+  tokens = rng.integers(4, vocab, (n, config.data.max_len)).astype(np.int32)
+  tokens[:, 12:] = 0  # padding after 12 tokens
   return jnp.asarray(images), jnp.asarray(tokens)
 
 
@@ -118,3 +120,18 @@ def test_empty_set_is_a_clear_error(models):
   model, v = models["hyperclip"]
   with pytest.raises(ValueError, match="non-empty set"):
     model.generate(v["params"], jnp.zeros((1, 0, model.embed_dim)))
+
+
+@pytest.mark.parametrize("encoder", ["vit_tiny_patch16_224", "mobilenetv3_small_100"])
+def test_other_encoder_families_train_in_the_two_tower_model(encoder):
+  config = config_lib.load_config(f"{DEMO}:tiny=true,encoder={encoder}")
+  if encoder.startswith("vit"):  # a 4-head, 1-block ViT (LayerNorms only: no batch_stats)
+    config.model.image.width_mult, config.model.image.depth_mult = 0.34, 0.1
+  model = two_towers.build_model(config)
+  v = model.init(jax.random.PRNGKey(0))
+  images, tokens = _batch(config)
+  step = jax.jit(lambda p, b: model(p, b, images, tokens, train=True))
+  zimg, ztxt, batch_stats = step(_perturb_head(v["params"], scale=0.05), v["batch_stats"])
+  assert zimg.shape == ztxt.shape == (8, config.model.embed_dim)
+  assert bool(jnp.isfinite(zimg).all())
+  assert jax.tree_util.tree_structure(batch_stats) == jax.tree_util.tree_structure(v["batch_stats"])
