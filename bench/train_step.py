@@ -72,9 +72,12 @@ def main(argv=None):
   p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py"))
   p.add_argument("--steps", type=int, default=20)
   args = p.parse_args(rest)
-  config = config_lib.load_config(args.config)
-  for k, v in overrides:
-    config_lib.apply_override(config, k, v)
+  try:
+    config = config_lib.load_config(args.config)
+    for k, v in overrides:
+      config_lib.apply_override(config, k, v)
+  except config_lib.ConfigError as e:
+    sys.exit(f"train_step.py: error: {e}")
   common = dict(config=args.config, encoder=config.model.image.name, batch_size=config.batch_size,
                 image_size=config.data.image_size, backend=jax.default_backend(),
                 device=jax.devices()[0].device_kind, devices=jax.device_count())
