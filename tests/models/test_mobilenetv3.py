@@ -12,25 +12,10 @@ from hyperclip_jax.models import build_image_encoder, mobilenetv3
 from hyperclip_jax.models.convert_timm import _from_timm_mobilenetv3, from_timm
 from hyperclip_jax.models.layers import count_generated
 
+from encoder_fakes import abstract_variables, count, random_variables
+
 NAME = "mobilenetv3_small_100"
 TINY = dict(width_mult=0.25, depth_mult=0.5, head_features=32)  # 7 blocks, 8-16 channels
-
-
-def random_variables(model, images, seed=0):
-  """Variables of the init's shapes with random values, without compiling the init (slow on CPU)."""
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    col, leaf = path[0].key, path[-1].key
-    if col == "generated":
-      return np.zeros(s.shape, np.float32)
-    if leaf == "kernel":  # fan-in scaled, so activations stay O(1)
-      return rng.normal(0, 1 / math.sqrt(math.prod(s.shape[:-1])), s.shape).astype(np.float32)
-    if leaf == "var":
-      return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
-    return ((leaf == "scale") + 0.1 * rng.normal(size=s.shape)).astype(np.float32)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +30,12 @@ def apply(tiny):
   return jax.jit(tiny[0].apply)
 
 
-def _abstract(name, **overrides):
-  model = build_image_encoder(name, **overrides)
-  return jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
-
-
-def _count(tree):
-  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
-
-
 @pytest.mark.parametrize("name,expected", [
     ("mobilenetv3_large_100", 4_202_032),  # timm 5,483,032 total - classifier 1280*1000 + 1000
     ("mobilenetv3_small_100", 1_517_856),  # timm 2,542,856 total - classifier 1024*1000 + 1000
 ])
 def test_param_count_equals_timm_without_classifier(name, expected):
-  assert _count(_abstract(name)["params"]) == expected
+  assert count(abstract_variables(name)["params"]) == expected
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -69,7 +45,7 @@ def test_param_count_equals_timm_without_classifier(name, expected):
     ("mobilenetv3_small_100", 12_112),
 ])
 def test_generated_template_counts_every_batchnorm_channel(name, expected):
-  assert count_generated(_abstract(name)["generated"]) == expected
+  assert count_generated(abstract_variables(name)["generated"]) == expected
 
 
 def test_large_block_table_matches_timm():
@@ -168,7 +144,7 @@ def test_from_timm_round_trip_restores_variables_and_outputs(tiny, apply):
 
 
 def test_from_timm_full_size_names_match_timm_state_dict():
-  shapes = _abstract("mobilenetv3_large_100")
+  shapes = abstract_variables("mobilenetv3_large_100")
   sd = _to_timm(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), shapes))
   # entries and shapes of timm's mobilenetv3_large_100 state dict
   assert sd["conv_stem.weight"].shape == (16, 3, 3, 3)
@@ -179,7 +155,7 @@ def test_from_timm_full_size_names_match_timm_state_dict():
   assert sd["blocks.6.0.bn1.running_var"].shape == (960,)
   assert sd["conv_head.weight"].shape == (1280, 960, 1, 1) and sd["conv_head.bias"].shape == (1280,)
   out = from_timm("mobilenetv3_large_100", sd)
-  assert _count(out["params"]) == 4_202_032
+  assert count(out["params"]) == 4_202_032
 
 
 def test_from_timm_names_missing_unexpected_and_misshapen_keys(tiny):

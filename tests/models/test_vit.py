@@ -11,23 +11,10 @@ from hyperclip_jax.models import build_image_encoder, vit
 from hyperclip_jax.models.convert_timm import _from_timm_vit, from_timm
 from hyperclip_jax.models.layers import count_generated
 
+from encoder_fakes import abstract_variables, count, random_variables
+
 NAME = "vit_tiny_patch16_224"
 TINY = dict(width=32, heads=2, depth=2, mlp_dim=64, patch_size=8, image_size=32)  # 4x4 patch grid
-
-
-def random_variables(model, images, seed=0):
-  """Variables of the init's shapes with random values, without compiling the init (slow on CPU)."""
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    col, leaf = path[0].key, path[-1].key
-    if col == "generated":
-      return np.zeros(s.shape, np.float32)
-    if leaf == "kernel":
-      return rng.normal(0, 1 / math.sqrt(math.prod(s.shape[:-1])), s.shape).astype(np.float32)
-    return ((leaf == "scale") + 0.1 * rng.normal(size=s.shape)).astype(np.float32)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -42,27 +29,18 @@ def apply(tiny):
   return jax.jit(tiny[0].apply)
 
 
-def _abstract(name, **overrides):
-  model = build_image_encoder(name, **overrides)
-  return jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
-
-
-def _count(tree):
-  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
-
-
 @pytest.mark.parametrize("name,expected", [
     ("vit_tiny_patch16_224", 5_524_416),  # timm 5,717,416 total - head 192*1000 + 1000
     ("vit_small_patch16_224", 21_665_664),  # timm 22,050,664 total - head 384*1000 + 1000
     ("vit_base_patch16_224", 85_798_656),  # timm 86,567,656 total - head 768*1000 + 1000
 ])
 def test_param_count_equals_timm_without_head(name, expected):
-  assert _count(_abstract(name)["params"]) == expected
+  assert count(abstract_variables(name)["params"]) == expected
 
 
 def test_generated_template_covers_every_layernorm():
   # 2 LayerNorms per block + the final one, scale and bias each: (2 * 12 + 1) * 2 * 768
-  assert count_generated(_abstract("vit_base_patch16_224")["generated"]) == 38_400
+  assert count_generated(abstract_variables("vit_base_patch16_224")["generated"]) == 38_400
 
 
 def test_width_and_depth_mult_scale_heads_and_blocks():
@@ -170,13 +148,13 @@ def test_from_timm_round_trip_matches_a_numpy_timm_forward(tiny, apply):
 
 def test_from_timm_full_size_names_match_timm_state_dict():
   sd = _to_timm(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32),
-                                       _abstract("vit_base_patch16_224")["params"]))
+                                       abstract_variables("vit_base_patch16_224")["params"]))
   # entries and shapes of timm's vit_base_patch16_224 state dict
   assert sd["cls_token"].shape == (1, 1, 768) and sd["pos_embed"].shape == (1, 197, 768)
   assert sd["patch_embed.proj.weight"].shape == (768, 3, 16, 16)
   assert sd["blocks.11.attn.qkv.weight"].shape == (2304, 768) and sd["blocks.11.attn.qkv.bias"].shape == (2304,)
   assert sd["blocks.0.mlp.fc1.weight"].shape == (3072, 768) and sd["norm.weight"].shape == (768,)
-  assert _count(from_timm("vit_base_patch16_224", sd)["params"]) == 85_798_656
+  assert count(from_timm("vit_base_patch16_224", sd)["params"]) == 85_798_656
 
 
 def test_from_timm_names_missing_unexpected_and_misshapen_keys(tiny):
