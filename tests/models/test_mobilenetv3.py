@@ -1,6 +1,5 @@
 """MobileNetV3: shapes, grouping, timm-exact structure and parameter counts, timm conversion."""
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
