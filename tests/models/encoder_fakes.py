@@ -33,3 +33,10 @@ def abstract_variables(name, **overrides):
 
 def count(tree):
   return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def tiny_encoder(name, overrides, size=32):
+  """(model, random variables, images [2, size, size, 3]) for a tiny variant of encoder `name`."""
+  model = build_image_encoder(name, **overrides)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (2, size, size, 3), minval=-1, maxval=1)
+  return model, random_variables(model, images), images

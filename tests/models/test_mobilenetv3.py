@@ -11,7 +11,7 @@ from hyperclip_jax.models import build_image_encoder, mobilenetv3
 from hyperclip_jax.models.convert_timm import _from_timm_mobilenetv3, from_timm
 from hyperclip_jax.models.layers import count_generated
 
-from encoder_fakes import abstract_variables, count, random_variables
+from encoder_fakes import abstract_variables, count, tiny_encoder
 
 NAME = "mobilenetv3_small_100"
 TINY = dict(width_mult=0.25, depth_mult=0.5, head_features=32)  # 7 blocks, 8-16 channels
@@ -19,9 +19,7 @@ TINY = dict(width_mult=0.25, depth_mult=0.5, head_features=32)  # 7 blocks, 8-16
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = build_image_encoder(NAME, **TINY)
-  images = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3), minval=-1, maxval=1)
-  return model, random_variables(model, images), images
+  return tiny_encoder(NAME, TINY)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from hyperclip_jax.models import build_image_encoder, vit
 from hyperclip_jax.models.convert_timm import _from_timm_vit, from_timm
 from hyperclip_jax.models.layers import count_generated
 
-from encoder_fakes import abstract_variables, count, random_variables
+from encoder_fakes import abstract_variables, count, tiny_encoder
 
 NAME = "vit_tiny_patch16_224"
 TINY = dict(width=32, heads=2, depth=2, mlp_dim=64, patch_size=8, image_size=32)  # 4x4 patch grid
@@ -19,9 +19,7 @@ TINY = dict(width=32, heads=2, depth=2, mlp_dim=64, patch_size=8, image_size=32)
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = build_image_encoder(NAME, **TINY)
-  images = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3), minval=-1, maxval=1)
-  return model, random_variables(model, images), images
+  return tiny_encoder(NAME, TINY)
 
 
 @pytest.fixture(scope="module")
