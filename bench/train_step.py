@@ -14,7 +14,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import optim

@@ -61,7 +61,6 @@ def test_output_tree_matches_template_with_group_axis(params):
 
 
 def test_zero_at_init(params):
-  hyper = _hyper()
   z = _z(2, 4)
   out = _apply(params, z)
   for leaf in jax.tree_util.tree_leaves(out):
@@ -70,7 +69,7 @@ def test_zero_at_init(params):
 
 
 def test_permuting_a_set_changes_nothing(live_params):
-  hyper, params = _hyper(), live_params
+  params = live_params
   z = _z(2, 7)
   perm = jnp.asarray([3, 6, 0, 1, 5, 2, 4])
   a, b = _apply(params, z), _apply(params, z[:, perm])
@@ -79,7 +78,7 @@ def test_permuting_a_set_changes_nothing(live_params):
 
 
 def test_mask_padded_set_equals_unpadded_set(live_params):
-  hyper, params = _hyper(), live_params
+  params = live_params
   small, big = _z(1, 3, seed=1), _z(2, 9, seed=2)
   # group 0: the 3-element set padded with junk to 9; group 1: a full 9-element set.
   padded = big.at[0, :3].set(small[0])
@@ -98,14 +97,14 @@ def test_different_sets_give_different_outputs(live_params):
 
 
 def test_thousand_element_set_and_single_element_set(live_params):
-  hyper, params = _hyper(), live_params
+  params = live_params
   for s in (1, 1000):
     out = _apply(params, _z(2, s))
     assert all(np.isfinite(np.asarray(l)).all() and l.shape[0] == 2 for l in jax.tree_util.tree_leaves(out))
 
 
 def test_empty_set_is_an_error_and_all_false_mask_gives_the_bias(live_params):
-  hyper, params = _hyper(), live_params
+  params = live_params
   with pytest.raises(ValueError, match="empty set"):
     _apply(params, jnp.zeros((2, 0, D)))
   mask = jnp.asarray([[True, True, False], [False, False, False]])
