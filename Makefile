@@ -17,8 +17,13 @@ $(VENV)/.installed: requirements.txt requirements-test.txt setup.py
 
 .venv: $(VENV)/.installed
 
+# Trains, then exports a static classifier for the demo colour task and classifies a few held-out images.
 demo: $(VENV)/.installed
 	$(VENV)/bin/hyperclip-train --config configs/demo.py --workdir $(WORKDIR)
+	$(VENV)/bin/hyperclip-data demo --task colour --n 6 --size 64 --out $(WORKDIR)/demo_images
+	$(VENV)/bin/hyperclip-export --workdir $(WORKDIR) --classes demo:colour --out $(WORKDIR)/export_colour
+	$(VENV)/bin/hyperclip-predict --model $(WORKDIR)/export_colour --top-k 3 $(WORKDIR)/demo_images/*.png
+	@echo "true classes: $$(cut -f2 $(WORKDIR)/demo_images/captions.txt | tr '\n' ' ')"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -q tests
@@ -37,6 +42,7 @@ golden: $(GOLDEN_VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/train_step.py
+	$(PY) bench/export.py
 
 clean:
 	rm -rf $(VENV) .jax_cache runs

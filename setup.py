@@ -24,9 +24,11 @@ setuptools.setup(
     install_requires=_requirements(),
     entry_points={
         "console_scripts": [
-            # hyperclip-eval / -export / -predict join as their modules land (evaluation + export issue).
             "hyperclip-train=hyperclip_jax.train:main",
             "hyperclip-data=hyperclip_jax.data.cli:main",
+            "hyperclip-eval=hyperclip_jax.evaluate:main",
+            "hyperclip-export=hyperclip_jax.export:main",
+            "hyperclip-predict=hyperclip_jax.predict:main",
         ]
     },
 )

@@ -25,7 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.variant = arg.variant
   c.model.embed_dim = 128
-  c.model.dtype = "float32"  # bf16 is slower than f32 on CPUs without AMX
+  c.model.dtype = "float32"  # compute dtype (params stay f32); bf16 is slower than f32 on CPUs without AMX
+  c.model.remat = False  # recompute each block's activations in the backward pass (less memory, ~1.3x compute)
   c.model.t_init = math.log(10.0)  # SigLIP's t' = log 10
   c.model.b_init = -10.0  # SigLIP's b
   c.model.image = ml_collections.ConfigDict(dict(
@@ -34,7 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width=128, depth=2, heads=4, mlp_dim=256, causal=True, pool="eot"))
   c.model.hyper = ml_collections.ConfigDict(dict(set_size=16, width=128, depth=2, heads=4, bottleneck=64))
 
-  c.loss = ml_collections.ConfigDict(dict(name="sigmoid"))
+  c.loss = ml_collections.ConfigDict(dict(name="sigmoid", chunked=False))  # chunked: the ring form over devices
+  c.accum_steps = 1  # > 1: GradCache micro-batches, exact for the contrastive loss (hyperclip_jax/accumulate.py)
 
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=2e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=1e-4, clip_norm=1.0,
@@ -44,10 +46,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       frozen=[]))
 
   c.data = ml_collections.ConfigDict(dict(
-      name="demo", image_size=64, max_len=32, tokenizer="demo_words", two_objects_prob=0.0, read_threads=1,
+      name="demo", image_size=64, max_len=32, tokenizer="demo_words", two_objects_prob=0.0,
+      partial_caption_prob=0.2, contrast_pair_prob=0.0, read_threads=1,
       worker_count=0))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, param_rules=[(".*", "fsdp")]))
+  c.distributed = ml_collections.ConfigDict(dict(  # see hyperclip_jax/distributed.py
+      mode="auto", coordinator_address="", num_processes=0, process_id=-1))
 
   c.evals = ml_collections.ConfigDict(dict(
       zeroshot=ml_collections.ConfigDict(dict(tasks="demo", n_eval=512, batch_size=128))))
@@ -57,6 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.checkpoint_every_secs = 30.0
   c.keep_checkpoints = 3
+  c.resume = "auto"  # auto: newest usable checkpoint, error if all are damaged; fresh: start at step 0
+  c.skip_nonfinite_steps = False  # true: a NaN/Inf step is skipped and counted instead of stopping the run
 
   if arg.tiny:  # seconds per step on 2 cores: tests and smoke runs
     c.total_steps = arg.steps if arg.steps != 900 else 6

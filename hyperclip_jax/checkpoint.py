@@ -3,74 +3,239 @@
 A checkpoint step directory holds three items:
   state  params, optimizer state, batch_stats, step (sharded arrays, restored onto the current mesh)
   data   the grain iterator state (JSON), so a resumed run reads exactly the next batch
-  meta   the config entries that decide parameter shapes; a mismatch stops before anything is written
+  meta   the config entries that decide parameter shapes (a mismatch stops before anything is written), plus
+         under "_run" a fingerprint of the state and run counters
+
+Failure behaviour (docs/reliability.md): Orbax writes each step into a temporary directory and renames it
+when complete, so a killed save never shows up as a step; the trainer (`owner=True`) deletes such leftovers.
+`restore_latest` checks every step it reads against its fingerprint and falls back to the newest step that
+restores cleanly, moving damaged ones to WORKDIR/checkpoints_damaged. Formats read: JSON, zarr/OCDBT arrays
+through tensorstore; nothing is unpickled.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+import sys
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 ITEMS = ("state", "data", "meta")
+RUN_KEY = "_run"  # meta entry beside the model signature: {"fingerprint": str, "skipped_nonfinite": int, ...}
+# Orbax's replica-parallel save slices each replicated array with an eager jitted op per shape: on CPU that is
+# ~25 s of compiles at a run's first save. Arrays under this many bytes are written whole by one replica.
+_MIN_REPLICA_SLICE_BYTES = 4 << 20
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used for this run; the message says what to do."""
+  """A checkpoint that cannot be used or written for this run; the message says what to do."""
+
+
+class _Damaged(Exception):
+  """A finished step directory whose files do not read back (truncated, garbled, missing)."""
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:limit] if text else ''}"
 
 
 class Checkpointer:
-  """Async Orbax CheckpointManager under WORKDIR/checkpoints, keeping the last `keep` steps."""
+  """Async Orbax CheckpointManager under WORKDIR/checkpoints, keeping the last `keep` steps.
 
-  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  owner: this process trains into the workdir (and holds its lock), so it may delete unfinished step
+  directories that a killed run left behind; readers (eval, export) never do, as a live trainer may be writing.
+  """
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, owner: bool = False):
+    _register_array_handler()
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                           create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+                                           create=True, cleanup_tmp_directories=owner)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
+    self._in_flight = None  # the step of the newest save() call: an async failure belongs to it
+    self._closed = False
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict[str, Any], meta: dict[str, Any]) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
-        force=True)
+  def save(self, step: int, state: Any, data_state: dict[str, Any], meta: dict[str, Any],
+           run_info: dict[str, Any] | None = None) -> None:
+    """Starts writing `step` (returns once the arrays are copied off the devices; the files land later)."""
+    run = {"fingerprint": fingerprint(state), **(run_info or {})}
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+          meta=ocp.args.JsonSave({**meta, RUN_KEY: run})), force=True)
+    except Exception as e:  # an earlier async save surfaces its failure here
+      raise self._write_error(e) from e
+    self._in_flight = step
+
+  def _write_error(self, e: Exception) -> CheckpointError:
+    step = self._in_flight
+    self.manager.reload()
+    done = [s for s in self.manager.all_steps() if s != step]
+    kept = f"step {max(done)} is intact" if done else "no complete checkpoint was written yet"
+    return CheckpointError(
+        f"writing checkpoint step {step} to {self.directory} failed ({_first_line(e)}); {kept}; free disk "
+        "space (or fix the cause) and rerun the same command to resume")
 
   def check_compatible(self, step: int, meta: dict[str, Any]) -> None:
     """Raises CheckpointError when the checkpoint at `step` was written by a run with other model shapes."""
     try:
-      saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:  # a foreign or damaged layout: say so rather than guess
-      raise CheckpointError(
-          f"checkpoint step {step} in {self.directory} has no readable model signature ({type(e).__name__}); "
-          "use a new --workdir (nothing was overwritten)") from e
+      saved = self._read_meta(step)
+    except _Damaged as e:
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} has no readable model signature ({e}); "
+                            "use a new --workdir (nothing was overwritten)") from e
+    self._check_signature(step, saved, meta)
+
+  def _read_meta(self, step: int) -> dict[str, Any]:
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # missing or garbled JSON
+      raise _Damaged(f"meta unreadable: {_first_line(e)}") from e
+
+  def _check_signature(self, step: int, saved: dict[str, Any], meta: dict[str, Any]) -> None:
+    saved = {k: v for k, v in saved.items() if k != RUN_KEY}
     if _canonical(saved) != _canonical(meta):
       diff = _first_difference(saved, meta)
       raise CheckpointError(
           f"checkpoint step {step} in {self.directory} was written with a different model config ({diff}); "
           "use a new --workdir or the config that wrote it (nothing was overwritten)")
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores (state, data_state) at `step`, placing arrays with the shardings of `abstract_state`."""
+  def _check_structure(self, step: int, abstract_state: Any) -> None:
+    """A state tree of other leaf shapes is a config change (e.g. config.optim), not damage: no fallback."""
+    try:
+      saved = self.manager.item_metadata(step)["state"]
+      saved_leaves = jax.tree.leaves(saved)
+    except Exception as e:
+      raise _Damaged(f"state metadata unreadable: {_first_line(e)}") from e
+    shapes = lambda leaves: sorted((tuple(x.shape), np.dtype(x.dtype).name) for x in leaves)
+    if saved is None or shapes(saved_leaves) != shapes(jax.tree.leaves(abstract_state)):
+      raise CheckpointError(
+          f"checkpoint step {step} in {self.directory} does not match this run's train state (changed "
+          "config.optim?); use a new --workdir or the config that wrote it")
+
+  def _restore_verified(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    saved_meta = self._read_meta(step)
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    except ValueError as e:  # e.g. another optimizer (name, clipping, frozen rules) changes the state tree
+    except Exception as e:
+      raise _Damaged(f"restore failed: {_first_line(e)}") from e
+    run = saved_meta.get(RUN_KEY, {})
+    if "fingerprint" in run and fingerprint(out["state"]) != run["fingerprint"]:
+      raise _Damaged("array contents differ from the fingerprint saved with them (garbled files)")
+    return out["state"], out["data"], run
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    """Restores (state, data_state) at `step` onto the shardings of `abstract_state`, verified."""
+    self._check_structure(step, abstract_state)
+    try:
+      state, data, _ = self._restore_verified(step, abstract_state)
+    except _Damaged as e:
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} is damaged ({e}); use another step "
+                            "or rerun the training to rewrite it") from e
+    return state, data
+
+  def restore_latest(self, abstract_state: Any, meta: dict[str, Any], fresh: bool = False
+                     ) -> tuple[int, Any, dict[str, Any], dict[str, Any]] | None:
+    """(step, state, data_state, run_info) of the newest usable checkpoint, or None for a new run.
+
+    A damaged newest step is moved to WORKDIR/checkpoints_damaged with a warning naming it and the step
+    resumed instead; if no step is usable this raises, unless `fresh` (then every step is moved to
+    WORKDIR/checkpoints_previous and the run starts at step 0). A config mismatch always raises.
+    """
+    self.manager.reload()
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if fresh:
+      if steps:
+        where = self._set_aside(steps, "checkpoints_previous")
+        _warn(f"config.resume=fresh: starting from step 0; the existing checkpoints (steps "
+              f"{', '.join(map(str, steps))}) were moved to {where}")
+      return None
+    damaged = []
+    for step in steps:
+      try:
+        self._check_signature(step, self._read_meta(step), meta)
+        self._check_structure(step, abstract_state)
+        state, data, run = self._restore_verified(step, abstract_state)
+      except _Damaged as e:
+        damaged.append((step, str(e)))
+        continue
+      if damaged:
+        where = self._set_aside([s for s, _ in damaged], "checkpoints_damaged")
+        bad = ", ".join(f"step {s} ({why})" for s, why in damaged)
+        _warn(f"WARNING: checkpoint {bad} is damaged; resuming from step {step} instead, the newest usable one "
+              f"(damaged steps moved to {where})")
+      return step, state, data, run
+    if damaged:
+      bad = "; ".join(f"step {s}: {why}" for s, why in damaged)
       raise CheckpointError(
-          f"checkpoint step {step} in {self.directory} does not match this run's train state (changed "
-          f"config.optim?): {str(e).splitlines()[0][:200]}; use a new --workdir or the config that wrote it") from e
-    return out["state"], out["data"]
+          f"no usable checkpoint in {self.directory} ({bad}); move them away or pass --config.resume=fresh to "
+          "start again from step 0 (they are kept in checkpoints_previous)")
+    return None
+
+  def _set_aside(self, steps: list[int], folder: str) -> str:
+    """Moves step directories out of Orbax's sight (never deletes them); returns where they went."""
+    target = os.path.join(self.workdir, folder)
+    if jax.process_index() == 0:
+      os.makedirs(target, exist_ok=True)
+      for s in steps:
+        dest = os.path.join(target, str(s))
+        if os.path.exists(dest):
+          dest += f".{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(os.path.join(self.directory, str(s)), dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint set aside {folder}")
+    self.manager.reload()
+    return target
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise self._write_error(e) from e
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the in-flight save (raising CheckpointError if it failed) and releases the manager; idempotent."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+
+_registered = []
+
+
+def _register_array_handler() -> None:
+  if not _registered:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES),
+        override=True)
+    _registered.append(True)
+
+
+def _handlers() -> dict[str, Any]:
+  return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+          "meta": ocp.JsonCheckpointHandler()}
+
+
+def _warn(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
 
 
 def abstract_like(tree: Any) -> Any:
@@ -88,6 +253,39 @@ def _first_difference(saved: Any, current: Any, prefix: str = "config") -> str:
       if k not in saved or k not in current or _canonical(saved[k]) != _canonical(current[k]):
         return _first_difference(saved.get(k), current.get(k), f"{prefix}.{k}")
   return f"{prefix}: checkpoint has {saved!r}, this run has {current!r}"
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """Every element's bits as uint32 words (1-D)."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32).ravel()
+  size = x.dtype.itemsize
+  if size in (1, 2):
+    return jax.lax.bitcast_convert_type(x, jnp.uint8 if size == 1 else jnp.uint16).astype(jnp.uint32).ravel()
+  return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()  # 8-byte types give two words each
+
+
+@jax.jit
+def _leaf_sums(leaves: list[jax.Array]) -> jax.Array:
+  """uint32 [n]: sum of words times odd position weights, so any one changed word changes its leaf's sum."""
+  sums = []
+  for x in leaves:
+    w = _words(jnp.asarray(x))
+    i = jnp.arange(w.size, dtype=jnp.uint32)
+    sums.append(jnp.sum(w * ((i * jnp.uint32(2) + jnp.uint32(1)) * jnp.uint32(2654435761)), dtype=jnp.uint32))
+  return jnp.stack(sums) if sums else jnp.zeros((0,), jnp.uint32)
+
+
+def fingerprint(tree: Any) -> str:
+  """A cheap on-device checksum of every leaf's bits (paths, dtypes, shapes included): catches garbled arrays."""
+  flat = jax.tree_util.tree_leaves_with_path(tree)
+  sums = _leaf_sums([leaf for _, leaf in flat])
+  sums = np.asarray(multihost_utils.process_allgather(sums) if not getattr(sums, "is_fully_addressable", True)
+                    else jax.device_get(sums)).ravel()
+  h = hashlib.sha256()
+  for (path, leaf), s in zip(flat, sums):
+    h.update(f"{jax.tree_util.keystr(path)}|{np.dtype(leaf.dtype).name}|{tuple(leaf.shape)}|{int(s)}\n".encode())
+  return h.hexdigest()[:16]
 
 
 def tree_checksum(tree: Any) -> str:

@@ -18,6 +18,7 @@ import ml_collections
 VARIANTS = ("siglip", "hyperclip", "token")
 LOSSES = ("sigmoid", "softmax")
 DTYPES = ("float32", "bfloat16", "float16")
+RESUME_MODES = ("auto", "fresh")  # fresh moves existing checkpoints to WORKDIR/checkpoints_previous
 
 
 class ConfigError(ValueError):
@@ -145,12 +146,59 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key in ("eval_every_steps", "checkpoint_every_secs"):
     if config[key] < 0:
       raise ConfigError(f"config.{key}={config[key]} must be >= 0 (0 = off)")
+  if config.get("resume", "auto") not in RESUME_MODES:
+    raise ConfigError(f"config.resume={config.resume!r} is unknown; known: {', '.join(RESUME_MODES)}")
+  if not isinstance(config.get("skip_nonfinite_steps", False), bool):
+    raise ConfigError(f"config.skip_nonfinite_steps={config.skip_nonfinite_steps!r} must be true or false")
   if m.dtype not in DTYPES:
     raise ConfigError(f"config.model.dtype={m.dtype!r} is unknown; known: {', '.join(DTYPES)}")
+  _validate_scale_out(config, num_devices, groups)
+  _check_text_pooling(config)
   if config.optim.schedule.warmup_steps > config.total_steps:
     raise ConfigError(
         f"config.optim.schedule.warmup_steps={config.optim.schedule.warmup_steps} exceeds "
         f"config.total_steps={config.total_steps}")
+
+
+def _validate_scale_out(config: ml_collections.ConfigDict, num_devices: int, groups: int) -> None:
+  """Loss chunking, gradient accumulation, remat, partition rules and the distributed setup."""
+  if not isinstance(config.loss.chunked, bool):
+    raise ConfigError(f"config.loss.chunked={config.loss.chunked!r} must be true or false")
+  if config.loss.chunked and config.loss.name != "sigmoid":
+    raise ConfigError(f"config.loss.chunked=true needs config.loss.name='sigmoid', got {config.loss.name!r}")
+  if not isinstance(config.model.remat, bool):
+    raise ConfigError(f"config.model.remat={config.model.remat!r} must be true or false")
+  k = config.accum_steps
+  if k < 1:
+    raise ConfigError(f"config.accum_steps={k} must be at least 1")
+  if groups % (num_devices * k):
+    s = config.model.hyper.set_size
+    raise ConfigError(
+        f"config.accum_steps={k}: config.batch_size={config.batch_size} does not split into {k} micro-batches "
+        f"of whole set_size={s} groups on {num_devices} devices; use a batch_size that is a multiple of "
+        f"{num_devices * k * s}")
+  for i, rule in enumerate(config.mesh.param_rules):
+    if not isinstance(rule, (list, tuple)) or len(rule) != 2 or rule[1] not in ("replicated", "fsdp"):
+      raise ConfigError(
+          f"config.mesh.param_rules[{i}]={rule!r} must be a (regex, 'replicated' | 'fsdp') pair")
+  if config.distributed.mode not in ("auto", "on", "off"):
+    raise ConfigError(f"config.distributed.mode={config.distributed.mode!r} is unknown; known: auto, on, off")
+
+
+def _check_text_pooling(config: ml_collections.ConfigDict) -> None:
+  """'last' pooling reads position L-1: only sticky EOS padding puts an EOS there on every row."""
+  from hyperclip_jax.data import pp, tokenizers  # late: data imports PIL
+  spec = config.data.get("tokenizer", "bytes")
+  try:
+    _, _, kw = pp.parse_call(spec, tokenizers.TOKENIZERS, "tokenizer")
+  except ValueError as e:
+    raise ConfigError(f"config.data.tokenizer={spec!r}: {e}") from None
+  from hyperclip_jax.models.text import TEXT_PRESETS  # late: models import jax
+  preset = TEXT_PRESETS.get(config.model.text.get("preset", None) or "", {})
+  pool = config.model.text.get("pool", preset.get("pool", "eot"))
+  if pool == "last" and not kw.get("sticky_eos", False):
+    raise ConfigError(f"config.model.text.pool='last' needs sticky EOS padding: set config.data.tokenizer to "
+                      f"{spec.split('(')[0]}(..., sticky_eos=True) or use pool='eot'")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -160,4 +208,5 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 def model_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config entries a checkpoint's model was built with (shapes and numerics): resume needs the same."""
   data = {k: config.data[k] for k in ("image_size", "max_len", "tokenizer")}
-  return json.loads(json.dumps({"model": config.model.to_dict(), "data": data}, sort_keys=True, default=str))
+  model = {k: v for k, v in config.model.to_dict().items() if k != "remat"}  # remat changes memory, not values
+  return json.loads(json.dumps({"model": model, "data": data}, sort_keys=True, default=str))

@@ -4,13 +4,19 @@ Both take L2-normalised embeddings of N matching pairs (row i of `zimg` goes wit
 learnable log-temperature t' (the logit scale is exp(t')). They are pure jnp, computed in float32 whatever
 the embeddings' dtype, and meant to run inside the jitted train step. Every loss in `LOSSES` is called
 `loss(zimg, ztxt, t_prime, bias)`, so the trainer needs no per-loss branch; CLIP has no bias and ignores it.
+
+`chunked_sigmoid_loss` is the SigLIP paper's memory-light form of the sigmoid loss over a device mesh: each
+device keeps its own [b, D] image embeddings and passes text blocks around a ring (ppermute), so it never
+holds more than one [b, b] block of logits; loss and gradients equal the dense loss's.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 
 Array = jax.Array
 LossFn = Callable[..., Array]
@@ -58,14 +64,70 @@ def contrastive_accuracy(zimg: Array, ztxt: Array) -> Array:
   return jnp.mean((jnp.argmax(sims, axis=1) == jnp.arange(sims.shape[0])).astype(jnp.float32))
 
 
+def _pair_terms(zimg: Array, ztxt: Array, scale: Array, bias: Array, positive: bool) -> Array:
+  """Σ -log σ(label · logit) over one [b, b] block; `positive` puts +1 labels on its diagonal."""
+  logits = scale * jnp.dot(zimg, ztxt.T) + bias  # [b, b]
+  if positive:
+    labels = 2.0 * jnp.eye(logits.shape[0], dtype=jnp.float32) - 1.0
+    return -jnp.sum(jax.nn.log_sigmoid(labels * logits))
+  return -jnp.sum(jax.nn.log_sigmoid(-logits))
+
+
+def chunked_sigmoid_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, *, mesh: Mesh,
+                         axes: tuple[str, ...] = ("data", "fsdp")) -> Array:
+  """The sigmoid loss computed block by block around a ring of the mesh's `axes` (SigLIP paper, Sec. 3.3).
+
+  zimg, ztxt [N, D] are split over `axes` (n devices, b = N / n rows each). Step 0 scores a device's images
+  against its own texts (the positives sit on that block's diagonal); each of the n - 1 further steps
+  passes the text block to the next device and scores all-negative pairs. Each step is rematerialised in
+  the backward pass, so a device holds one [b, b] logit block plus the n text blocks it has seen.
+  """
+  n = 1
+  for a in axes:
+    n *= mesh.shape[a]
+  if zimg.ndim != 2 or zimg.shape != ztxt.shape or zimg.shape[0] % n:
+    raise ValueError(
+        f"chunked_sigmoid_loss: zimg and ztxt must both be [N, D] with N divisible by {n} devices; got "
+        f"{tuple(zimg.shape)} and {tuple(ztxt.shape)}")
+  total = zimg.shape[0]
+  perm = [(i, (i + 1) % n) for i in range(n)]
+
+  def local(zi, zt, t, b):  # zi, zt [b, D] on this device
+    zi, zt = zi.astype(jnp.float32), zt.astype(jnp.float32)
+    scale, b = jnp.exp(t.astype(jnp.float32)), b.astype(jnp.float32)
+    acc = _pair_terms(zi, zt, scale, b, positive=True)
+
+    @jax.checkpoint
+    def step(carry, _):
+      zt, acc = carry
+      zt = jax.lax.ppermute(zt, axes, perm)
+      return (zt, acc + _pair_terms(zi, zt, scale, b, positive=False)), None
+
+    if n > 1:
+      (_, acc), _ = jax.lax.scan(step, (zt, acc), None, length=n - 1)
+    return jax.lax.psum(acc, axes) / total
+
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())
+  return fn(zimg, ztxt, jnp.asarray(t_prime, jnp.float32), jnp.asarray(bias, jnp.float32))
+
+
 LOSSES: dict[str, LossFn] = {
     "sigmoid": sigmoid_loss,
     "softmax": softmax_clip_loss,
 }
 
 
-def get_loss(name: str) -> LossFn:
-  """The loss called `name` (config.loss.name); every loss is `fn(zimg, ztxt, t_prime, bias) -> scalar`."""
+def get_loss(name: str, chunked: bool = False, mesh: Optional[Mesh] = None) -> LossFn:
+  """The loss called `name` (config.loss.name); every loss is `fn(zimg, ztxt, t_prime, bias) -> scalar`.
+
+  chunked=True (config.loss.chunked) selects the ring form of the sigmoid loss over `mesh`.
+  """
   if name not in LOSSES:
     raise ValueError(f"loss name={name!r} is unknown; known: {', '.join(sorted(LOSSES))}")
-  return LOSSES[name]
+  if not chunked:
+    return LOSSES[name]
+  if name != "sigmoid":
+    raise ValueError(f"config.loss.chunked=true needs config.loss.name='sigmoid'; got {name!r}")
+  if mesh is None:
+    raise ValueError("the chunked sigmoid loss needs the device mesh")
+  return functools.partial(chunked_sigmoid_loss, mesh=mesh)

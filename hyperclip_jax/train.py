@@ -7,6 +7,7 @@ Rerunning the same command on the same workdir resumes from the newest checkpoin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -20,9 +21,12 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from hyperclip_jax import accumulate
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import distributed
 from hyperclip_jax import evaluators
+from hyperclip_jax import guards
 from hyperclip_jax import losses
 from hyperclip_jax import metrics as metrics_lib
 from hyperclip_jax import optim
@@ -35,44 +39,83 @@ State = dict[str, Any]
 
 
 def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformation, loss_name: str,
-                    schedule: Callable[[Any], Any]) -> Callable[[State, dict[str, jax.Array], jax.Array],
-                                                                tuple[State, dict[str, jax.Array]]]:
-  """The pure train step: forward all three parts, loss over all B x B pairs, one optax update."""
-  loss_fn = losses.get_loss(loss_name)
+                    schedule: Callable[[Any], Any], *, mesh: jax.sharding.Mesh | None = None,
+                    chunked_loss: bool = False, accum_steps: int = 1, guard_nonfinite: bool = False
+                    ) -> Callable[[State, dict[str, jax.Array], jax.Array], tuple[State, dict[str, jax.Array]]]:
+  """The pure train step: forward all three parts, loss over all B x B pairs, one optax update.
+
+  chunked_loss: the ring form of the sigmoid loss over `mesh`; accum_steps > 1: GradCache micro-batches
+  (same loss and gradients as the full batch, see accumulate.py). guard_nonfinite: a step whose loss, gradients
+  or updated params are not all finite leaves the state as it was (but for `step`), and the step returns a
+  third value, {'finite': bool, 'grads': bool [n_params], 'params': bool [n_params]}, per leaf in tree order.
+  """
+  loss_fn = losses.get_loss(loss_name, chunked=chunked_loss, mesh=mesh)  # softmax-CLIP ignores the bias
+  loss_and_grads = accumulate.make_loss_and_grads(model, loss_fn, accum_steps, mesh)
 
   def step_fn(state: State, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[State, dict[str, jax.Array]]:
     step_rng = jax.random.fold_in(rng, state["step"])
-
-    def objective(params):
-      zimg, ztxt, batch_stats = model(params, state["batch_stats"], batch["image"], batch["text"], train=True,
-                                      rng=step_rng)
-      loss = loss_fn(zimg, ztxt, params["t"], params["b"])  # softmax-CLIP ignores the bias
-      return loss, (batch_stats, zimg, ztxt)
-
-    (loss, (batch_stats, zimg, ztxt)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+    loss, grads, batch_stats, zimg, ztxt = loss_and_grads(state["params"], state["batch_stats"], batch, step_rng)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "batch_stats": batch_stats}
     metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
                "train/t": jnp.exp(params["t"]), "train/b": params["b"], "train/lr": schedule(state["step"]),
                "train/i2t_acc": losses.contrastive_accuracy(zimg, ztxt)}
-    return new_state, metrics
+    if not guard_nonfinite:
+      return new_state, metrics
+    grads_ok, params_ok = guards.leaf_finite(grads), guards.leaf_finite(params)
+    finite = jnp.isfinite(loss) & jnp.all(grads_ok) & jnp.all(params_ok)
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    kept["step"] = new_state["step"]  # the batch was consumed either way
+    return kept, metrics, {"finite": finite, "grads": grads_ok, "params": params_ok}
 
   return step_fn
 
 
 def init_state(model: two_towers.TwoTowers, tx: optax.GradientTransformation, rng: jax.Array,
-               mesh: jax.sharding.Mesh) -> State:
-  """Creates the train state already placed on the mesh (never a bare jit(tx.init): it lands on one device)."""
+               mesh: jax.sharding.Mesh, param_rules: Any = ((".*", "replicated"),)) -> State:
+  """Creates the train state already placed on the mesh by the partition rules (never a bare jit(tx.init): it
+  lands on one device)."""
   def make(rng):
     variables = model.init(rng)
     return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
             "opt_state": tx.init(variables["params"]), "batch_stats": variables["batch_stats"]}
-  return jax.jit(make, out_shardings=sharding.replicated(mesh))(rng)
+  shardings = sharding.state_shardings(jax.eval_shape(make, rng), param_rules, mesh)
+  return jax.jit(make, out_shardings=shardings)(rng)
+
+
+def _check_step(pending: tuple[int, Any, Any, Any] | None, skipped: int, skip_mode: bool, param_paths: list[str],
+                last_saved: int | None) -> int:
+  """Looks at one finished step's health: counts it (skip mode) or raises NonFiniteError; returns the count."""
+  if pending is None:
+    return skipped
+  step, health, loss, indices = pending
+  health = jax.device_get(health)
+  if health["finite"]:
+    return skipped
+  report = guards.nonfinite_report(step, float(jax.device_get(loss)), health["grads"], health["params"],
+                                   param_paths, indices)
+  if skip_mode:
+    print(f"WARNING: {report}; update skipped ({skipped + 1} so far, config.skip_nonfinite_steps)", file=sys.stderr,
+          flush=True)
+    return skipped + 1
+  kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved is not None else "no checkpoint yet"
+  raise guards.NonFiniteError(f"{report}; training stopped, {kept}; lower config.optim.lr, check the data, or "
+                              "pass --config.skip_nonfinite_steps=true to skip such steps")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run in `workdir`; returns the final evaluation {task: {top1, chance, ...}}."""
+  """Trains (or resumes) the run in `workdir`; returns the final evaluation {task: {top1, chance, ...}}.
+
+  Raises guards.Preempted after SIGTERM (a checkpoint was saved: rerun to continue), guards.WorkdirBusy when
+  another trainer holds `workdir`, guards.NonFiniteError on a NaN/Inf step (unless skip_nonfinite_steps).
+  """
+  with contextlib.ExitStack() as cleanup:  # lock, SIGTERM handler, checkpointer: released on every exit
+    return _train(config, workdir, cleanup)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.ExitStack) -> dict[str, Any]:
+  distributed.initialize(config.distributed)  # before anything touches a device
   config_lib.validate(config, jax.device_count())
   is_main = jax.process_index() == 0
   rng = jax.random.PRNGKey(config.seed)
@@ -87,19 +130,28 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
   os.makedirs(workdir, exist_ok=True)
+  cleanup.enter_context(guards.WorkdirLock(workdir, enabled=is_main))  # before anything in it is touched
+  watch = cleanup.enter_context(guards.PreemptionWatch())
 
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints, owner=True)
+  cleanup.callback(checkpointer.close)  # an error stops the run only once in-flight saves are finished
   signature = config_lib.model_signature(config)
-  latest = checkpointer.latest_step()
-  if latest is not None:  # before anything is written: a mismatched workdir stays untouched
-    checkpointer.check_compatible(latest, signature)
 
-  state = init_state(model, tx, init_rng, mesh)
-  data_iter = input_pipeline.make_train_iterator(
-      config.data, tokenizer, config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  if latest is not None:
-    state, data_state = checkpointer.restore(latest, ckpt_lib.abstract_like(state))
+  state = init_state(model, tx, init_rng, mesh, config.mesh.param_rules)
+  sharding.print_param_table(state["params"])
+  try:  # e.g. a shard pattern that matches nothing: a config problem, said in one line
+    data_iter = input_pipeline.make_train_iterator(
+        config.data, tokenizer, config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+  cleanup.callback(data_iter.close)
+  # Before anything is written: a mismatched workdir stays untouched; a damaged newest step falls back.
+  restored = checkpointer.restore_latest(ckpt_lib.abstract_like(state), signature,
+                                         fresh=config.get("resume", "auto") == "fresh")
+  run_info = {}
+  if restored is not None:
+    latest, state, data_state, run_info = restored
     try:
       data_iter.set_state(data_state)
     except ValueError as e:  # e.g. another global batch size
@@ -112,40 +164,66 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       f.write(config_lib.to_json(config))
 
   repl = sharding.replicated(mesh)
-  train_step = jax.jit(make_train_step(model, tx, config.loss.name, schedule), donate_argnums=(0,),
-                       out_shardings=(repl, repl))
+  step_fn = make_train_step(model, tx, config.loss.name, schedule, mesh=mesh, chunked_loss=config.loss.chunked,
+                            accum_steps=config.accum_steps, guard_nonfinite=True)
+  train_step = jax.jit(step_fn, donate_argnums=(0,),
+                       out_shardings=(jax.tree.map(lambda x: x.sharding, state), repl, repl))
+  param_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state["params"])]
+  skip_mode = config.get("skip_nonfinite_steps", False)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   progress = metrics_lib.Progress(config.total_steps, config.batch_size, enabled=is_main)
 
   step = int(jax.device_get(state["step"]))
   first_step, last_save = step, time.monotonic()
+  last_saved = restored[0] if restored is not None else None
+  skipped = int(run_info.get("skipped_nonfinite", 0))
+  pending = None  # (step, health, loss, data indices) of the newest step: checked once the next is dispatched
+  stop = False
   progress.start(step)
   while step < config.total_steps:
-    batch = sharding.put_batch({k: v for k, v in next(data_iter).items() if k in ("image", "text")}, mesh)
-    state, metrics = train_step(state, batch, train_rng)
+    host_batch = next(data_iter)
+    batch = sharding.put_batch({k: v for k, v in host_batch.items() if k in ("image", "text")}, mesh)
+    state, metrics, health = train_step(state, batch, train_rng)
     step += 1
+    skipped = _check_step(pending, skipped, skip_mode, param_paths, last_saved)  # the previous step: done by now
+    pending = (step, health, metrics["train/loss"], host_batch.get("index"))
     if step == first_step + 1:  # throughput excludes the compile of the first step
       jax.block_until_ready(metrics)
       progress.start(step)
     last = step == config.total_steps
     if step % config.log_every_steps == 0 or last:
+      skipped, pending = _check_step(pending, skipped, skip_mode, param_paths, last_saved), None
       metrics = jax.device_get(metrics)
+      if skip_mode:
+        metrics["train/nonfinite_skipped"] = skipped
+      if "index" in host_batch:  # stream positions of this host's rows: resumes neither lose nor repeat any
+        index = host_batch["index"]
+        metrics["data/index_min"], metrics["data/index_max"] = int(index.min()), int(index.max())
       metrics["perf/images_per_sec"] = progress.images_per_sec(step)
+      metrics.update(data_iter.metrics())  # data/skipped/<reason> (real-data sources)
       writer.write(step, metrics)
       progress.update(step, float(metrics["train/loss"]))
     due = step % config.checkpoint_every_steps == 0 or (
         config.checkpoint_every_secs and time.monotonic() - last_save >= config.checkpoint_every_secs)
     if jax.process_count() > 1:  # every process must take the same decision: Orbax saves collectively
       due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
-    if due or last:
-      checkpointer.save(step, state, data_iter.get_state(), signature)
-      last_save = time.monotonic()
+    stop = watch.requested(step)  # SIGTERM / preemption: save now, then exit
+    if due or last or stop:
+      skipped, pending = _check_step(pending, skipped, skip_mode, param_paths, last_saved), None  # never save NaN
+      checkpointer.save(step, state, data_iter.get_state(), signature, {"skipped_nonfinite": skipped})
+      last_save, last_saved = time.monotonic(), step
+    if stop and not last:
+      break
     if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
       writer.write(step, evaluator.flat_metrics(evaluator.run(state["params"], state["batch_stats"])))
       progress.start(step)  # evaluation time is not training throughput
 
   checkpointer.close()
   data_iter.close()
+  if stop and step < config.total_steps:
+    writer.close()
+    raise guards.Preempted(f"stopped at step {step} after {watch.signal_name}; checkpoint step {step} saved in "
+                           f"{checkpointer.directory}; rerun the same command to continue")
   results = evaluator.run(state["params"], state["batch_stats"])
   final = {"params_checksum": ckpt_lib.tree_checksum(state["params"]), **evaluator.flat_metrics(results)}
   writer.write(step, final)
@@ -176,9 +254,12 @@ def main(argv: list[str] | None = None) -> int:
   try:
     config, workdir = parse_args(argv)
     train(config, workdir)
-  except (config_lib.ConfigError, ckpt_lib.CheckpointError) as e:
+  except (config_lib.ConfigError, ckpt_lib.CheckpointError, guards.GuardError) as e:
     print(f"hyperclip-train: error: {e}", file=sys.stderr)
     return 2
+  except guards.Preempted as e:
+    print(f"hyperclip-train: {e}", file=sys.stderr)
+    return guards.EXIT_PREEMPTED
   return 0
 
 

@@ -18,6 +18,17 @@ config.data fields (an ml_collections ConfigDict; missing optional fields take t
   worker_buffer_size: int = 2     batches each worker keeps ready
   read_threads: int = 1           background threads of this process (each makes whole batches); 0 = inline
   prefetch_batches: int = 2       batches read ahead in this process
+ real data (see README "Data"):
+  name: 'webdataset' | 'manifest' | 'tfds'
+  pattern: str                    webdataset shards, e.g. 'gs://b/shards/{00000000..00012556}.tar'
+  manifest: str                   a .jsonl / .csv manifest (name='manifest')
+  caption_key: str                webdataset: 'txt' or 'json:FIELD'; manifest: the caption column
+  pp: str = ''                    train preprocessing (data/pp.py); '' = DEFAULT_PP at image_size / max_len
+  shuffle_block: int = 256        webdataset: items permuted together within a reader stream (held in memory)
+  streams_per_host: int = 0       webdataset reader streams per host; 0 = max(worker_count, 1). The batch
+                                  order depends on it (and the host count), not on worker_count
+  tfds_name, tfds_split, tfds_data_dir, tfds_image_key, tfds_text_key, tfds_label_key: see sources/tfds.py
+Bad samples of these sources are skipped and counted: `it.metrics()` gives data/skipped/<reason>.
 """
 from typing import Any, Iterator
 
@@ -26,12 +37,20 @@ import grain
 import grain.experimental
 import numpy as np
 
+from hyperclip_jax.data import bad_data
 from hyperclip_jax.data import sources
+from hyperclip_jax.data import streaming
 from hyperclip_jax.data.sources.demo import ZeroShotTask
 from hyperclip_jax.data.tokenizers import Tokenizer
 
 _INFINITE = 2**40  # sources at least this long are read in order, never reshuffled
 _STREAM_LEN = 2**62
+DEFAULT_PP = "decode|resize({size})|value_range(-1, 1)|tokenize|keep('image', 'text')"
+
+
+def train_pp(config_data: Any) -> str:
+  """config.data.pp, or the default decode|resize|value_range|tokenize at config.data.image_size."""
+  return config_data.get("pp", "") or DEFAULT_PP.format(size=config_data.get("image_size", 64))
 
 
 def to_model_image(image: np.ndarray) -> np.ndarray:
@@ -76,6 +95,28 @@ class _ReadExample:
     }
 
 
+class _ReadRawExample(_ReadExample):
+  """As _ReadExample for sources of encoded images (config.data.pp decodes them). A bad item is counted in
+  '_skipped' (at its own position, so once per epoch) and replaced by the next good item of the source."""
+
+  def __init__(self, source: Any, preprocess: streaming.Preprocess, shuffle: bool, seed: int):
+    super().__init__(source, preprocess.tokenizer, preprocess.max_len, shuffle, seed)
+    self.preprocess = preprocess
+
+  def __call__(self, g: int) -> dict:
+    counts = bad_data.zero_counts()
+    i = self.source_index(g)
+    for attempt in range(self.n):
+      try:
+        example = self.preprocess(self.source[(i + attempt) % self.n], np.random.default_rng([self.seed, 17, g]))
+        return {"image": example["image"], "text": example["text"], "index": np.int64(g), "_skipped": counts}
+      except bad_data.BadSample as e:
+        if attempt == 0:  # counted at its own position only: once per bad item per epoch
+          bad_data.count(counts, e.reason)
+    raise ValueError(f"config.data source {getattr(self.source, 'path', '')!s} yields no usable sample: all "
+                     f"{self.n} items are bad ({dict(zip(bad_data.REASONS, counts.tolist()))})")
+
+
 class TrainIterator(grain.DatasetIterator):
   """grain iterator over the batches of one host. Its state is just the next step number (a JSON dict), and
   every batch is a pure function of its step, so a checkpoint resumes exactly, under any worker or thread
@@ -86,6 +127,7 @@ class TrainIterator(grain.DatasetIterator):
     self._batches, self._global_batch_size = batches, global_batch_size
     self._read_options, self._mp_options = read_options, mp_options
     self._step, self._inner = 0, None
+    self._skips = None  # a SkipLog once a batch reports skipped samples (sources of encoded images)
     super().__init__()
 
   def _start(self) -> grain.DatasetIterator:
@@ -102,10 +144,21 @@ class TrainIterator(grain.DatasetIterator):
       self._inner = self._start()
     batch = next(self._inner)
     self._step += 1
+    if "_skipped" in batch:
+      batch = dict(batch)
+      self._skips = self._skips or bad_data.SkipLog()
+      self._skips.add(batch.pop("_skipped"))
     return batch
 
-  def get_state(self) -> dict[str, int]:
-    return {"next_step": self._step, "global_batch_size": self._global_batch_size}
+  def metrics(self) -> dict[str, int]:
+    """data/skipped/<reason> counts of this host (none for the procedural demo)."""
+    return self._skips.metrics() if self._skips is not None else {}
+
+  def get_state(self) -> dict[str, Any]:
+    state = {"next_step": self._step, "global_batch_size": self._global_batch_size}
+    if self._skips is not None:
+      state["skipped"] = self._skips.totals.tolist()
+    return state
 
   def set_state(self, state: dict[str, int]) -> None:
     if state.get("global_batch_size") != self._global_batch_size:
@@ -115,10 +168,12 @@ class TrainIterator(grain.DatasetIterator):
       self._inner.close()
       self._inner, self._parents = None, ()
     self._step = int(state["next_step"])
+    if "skipped" in state:
+      self._skips = bad_data.SkipLog(state["skipped"])
 
 
 def make_train_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_size: int, seed: int,
-                        process_index: int = 0, process_count: int = 1) -> TrainIterator:
+                        process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
   """Endless iterator of this host's slice of each global batch:
   {'image': f32 [b, H, W, 3] in [-1, 1], 'text': i32 [b, L], 'index': i64 [b]}, b = global / process_count.
   `it.get_state()` / `it.set_state(state)` checkpoint it (grain/Orbax protocol).
@@ -133,12 +188,6 @@ def make_train_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_siz
   if worker_count < 0:
     raise ValueError(f"config.data.worker_count={worker_count} must be >= 0 (0 renders in-process)")
   local_batch = global_batch_size // process_count
-  source = sources.get_source(config_data, seed)
-  read = _ReadExample(source, tokenizer, max_len, config_data.get("shuffle", True), seed)
-  batches = (grain.MapDataset.range(_STREAM_LEN)
-             .map(_HostPosition(global_batch_size, local_batch, process_index))
-             .map(read)
-             .batch(local_batch, drop_remainder=True))
   read_options = grain.ReadOptions(num_threads=config_data.get("read_threads", 1),
                                    prefetch_buffer_size=config_data.get("prefetch_batches", 2))
   mp_options = None
@@ -147,7 +196,60 @@ def make_train_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_siz
       absl_flags.FLAGS.mark_as_parsed()
     mp_options = grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=config_data.get("worker_buffer_size", 2))
+  name = config_data.get("name", "demo")
+  if name in sources.STREAMING:
+    return _make_stream_iterator(config_data, tokenizer, global_batch_size, seed, process_index, process_count,
+                                 read_options, mp_options)
+  source = sources.get_source(config_data, seed)
+  shuffle = config_data.get("shuffle", True)
+  if getattr(source, "raw_examples", False):
+    preprocess = streaming.Preprocess(train_pp(config_data), tokenizer, max_len, config_data.get("image_size", 64))
+    read = _ReadRawExample(source, preprocess, shuffle, seed)
+  else:
+    read = _ReadExample(source, tokenizer, max_len, shuffle, seed)
+  batches = (grain.MapDataset.range(_STREAM_LEN)
+             .map(_HostPosition(global_batch_size, local_batch, process_index))
+             .map(read)
+             .batch(local_batch, drop_remainder=True))
   return TrainIterator(batches, global_batch_size, read_options, mp_options)
+
+
+def _make_stream_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_size: int, seed: int,
+                          process_index: int, process_count: int, read_options: grain.ReadOptions,
+                          mp_options: grain.MultiprocessingOptions | None) -> streaming.StreamIterator:
+  from hyperclip_jax.data.sources import webdataset
+  pattern = config_data.get("pattern", "")
+  if not pattern:
+    raise ValueError("config.data.name='webdataset' needs config.data.pattern, e.g. 'shards/{00000..00099}.tar'")
+  shards = webdataset.expand_pattern(pattern)
+  if not webdataset.any_exists(shards[:8]):  # a cheap look at the head: listing 10^4 remote shards is not
+    raise ValueError(f"config.data.pattern={pattern!r} matches 0 shard files (looked at {shards[:2]}...); "
+                     "check the path and the {first..last} range")
+  workers = mp_options.num_workers if mp_options else 0
+  per_host = config_data.get("streams_per_host", 0) or max(workers, 1)
+  if workers and per_host % workers:
+    raise ValueError(f"config.data.streams_per_host={per_host} must be a multiple of config.data.worker_count="
+                     f"{workers} (each worker decodes whole streams)")
+  total = per_host * process_count
+  if len(shards) < total:
+    raise ValueError(f"config.data.pattern={pattern!r} matches {len(shards)} shard(s), fewer than the {total} "
+                     f"reader streams ({process_count} host(s) x streams_per_host={per_host}); write more shards "
+                     "or lower config.data.streams_per_host")
+  max_len = config_data.get("max_len", 32)
+  preprocess = streaming.Preprocess(train_pp(config_data), tokenizer, max_len, config_data.get("image_size", 64))
+  shard_streams = streaming.ShardStreams(
+      pattern, shards, total, seed, config_data.get("shuffle", True), config_data.get("shuffle_block", 256),
+      config_data.get("caption_key", "txt") or "txt", preprocess, global_batch_size // process_count)
+
+  def make_ds(ds: grain.IterDataset) -> grain.IterDataset:
+    if mp_options is not None:
+      return ds.mp_prefetch(mp_options)
+    if read_options.prefetch_buffer_size > 0 and read_options.num_threads > 0:
+      return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=read_options.prefetch_buffer_size)
+    return ds
+
+  return streaming.StreamIterator(shard_streams, global_batch_size, process_index, process_count, per_host,
+                                  make_ds)
 
 
 def make_eval_batches(task: ZeroShotTask, batch_size: int, pad_last: bool = False, process_index: int = 0,
@@ -181,3 +283,31 @@ def make_prompt_tokens(task: ZeroShotTask, tokenizer: Tokenizer, max_len: int) -
   prompts = task.prompts()
   flat = [p for per_class in prompts for p in per_class]
   return tokenizer.encode(flat, max_len).reshape(len(prompts), len(task.templates), max_len)
+
+
+EVAL_PP = "decode|resize_small({size})|central_crop({size})|value_range(-1, 1)"
+
+
+def make_source_eval_batches(source: Any, image_size: int, batch_size: int, pp: str = "", n_eval: int = 0
+                             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(images f32 [b, S, S, 3] in [-1, 1], labels i32 [b]) over a labelled source (e.g. sources.tfds.TfdsSource:
+  imagenet2012 validation), in order, the first n_eval items (0 = all). Bad items are skipped and logged
+  once per reason; the last batch may be smaller. Use with evaluators' ClassificationTask(batches=...)."""
+  from hyperclip_jax.data import pp as pp_lib
+  fn = pp_lib.build(pp or EVAL_PP.format(size=image_size))
+  skips, rng = bad_data.SkipLog(), np.random.default_rng(0)
+  images, labels = [], []
+  for i in range(min(n_eval or len(source), len(source))):
+    try:
+      example = source[i]
+      images.append(np.asarray(fn({"image": example["image"]}, rng)["image"], np.float32))
+      labels.append(int(example["label"]))
+    except bad_data.BadSample as e:
+      counts = bad_data.zero_counts()
+      bad_data.count(counts, e.reason)
+      skips.add(counts, {e.reason: e.detail})
+    if len(images) == batch_size:
+      yield np.stack(images), np.asarray(labels, np.int32)
+      images, labels = [], []
+  if images:
+    yield np.stack(images), np.asarray(labels, np.int32)

@@ -1,8 +1,11 @@
-"""Text tokenizers behind one registry, `get_tokenizer(name, **kw)`.
+"""Text tokenizers behind one registry, `get_tokenizer(spec)`.
 
-'bytes' needs no vocabulary file: token = UTF-8 byte + NUM_SPECIAL, with pad=0, bos=1, eos=2. It is the
-embedded default (the demo captions are ASCII) and keeps the whole pipeline download-free. Sentencepiece
-and CLIP BPE (from user-given vocab files) join the registry later.
+A spec is a name or a call with literal options, as config.data.tokenizer spells it:
+  bytes                                   UTF-8 bytes + 3 (pad=0, bos=1, eos=2); no vocabulary file, the default
+  demo_words                              the demo grammar's closed vocabulary
+  sentencepiece(model='c4_en.model', sticky_eos=True)   a user-given sentencepiece model (any epath)
+  clip_bpe(vocab='bpe_simple_vocab_16e6.txt.gz')        CLIP's BPE from a user-given merges file
+Options shared by all: lowercase, add_eos, sticky_eos, and pad_id (sentencepiece, clip_bpe).
 
 Every tokenizer has `vocab_size`, `pad_id`, `bos_id`, `eos_id`, `encode(texts, max_len) -> int32 [N, L]`
 and `decode(ids) -> list[str]`. Encoding appends EOS and pads; truncation keeps the EOS; `sticky_eos`
@@ -12,6 +15,8 @@ import re
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
+
+from hyperclip_jax.data import subword
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 NUM_SPECIAL = 3
@@ -129,11 +134,25 @@ def _demo_words(**kw) -> WordTokenizer:
 TOKENIZERS: dict[str, Callable[..., Tokenizer]] = {
     "bytes": ByteTokenizer,
     "demo_words": _demo_words,
+    "sentencepiece": subword.SentencePieceTokenizer,
+    "clip_bpe": subword.ClipBpeTokenizer,
 }
+_CACHE: dict[str, Tokenizer] = {}
 
 
 def get_tokenizer(name: str, **kw) -> Tokenizer:
-  """The tokenizer registered as `name`, built with keyword options `kw`."""
+  """The tokenizer for spec `name` ('bytes', "sentencepiece(model='x.model')", ...), plus options `kw`."""
+  from hyperclip_jax.data import pp  # late: pp imports PIL
+  spec, args = name, ()
+  if "(" in name:
+    name, args, spec_kw = pp.parse_call(name, TOKENIZERS, "tokenizer")
+    kw = {**spec_kw, **kw}
   if name not in TOKENIZERS:
     raise ValueError(f"tokenizer name {name!r} is unknown; known: {', '.join(sorted(TOKENIZERS))}")
-  return TOKENIZERS[name](**kw)
+  key = repr((spec, sorted(kw.items())))
+  if key not in _CACHE:  # vocabulary files are read once per process
+    try:
+      _CACHE[key] = TOKENIZERS[name](*args, **kw)
+    except TypeError as e:
+      raise ValueError(f"tokenizer {spec!r}: {e}") from None
+  return _CACHE[key]

@@ -152,9 +152,10 @@ def build_model(config: ml_collections.ConfigDict) -> TwoTowers:
   image = ImageTower(encoder=encoder, embed_dim=m.embed_dim)
   text_kw = m.text.to_dict()
   preset = text_kw.pop("preset", None)
+  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
+  text_kw.setdefault("pad_id", tokenizer.pad_id)  # the tower masks exactly the tokenizer's padding
   text = text_lib.build_text_tower(preset, out_dim=m.embed_dim, max_len=config.data.max_len,
-                                   vocab_size=tokenizers.get_tokenizer(config.data.tokenizer).vocab_size,
-                                   dtype=jnp.dtype(m.dtype), **text_kw)
+                                   vocab_size=tokenizer.vocab_size, dtype=jnp.dtype(m.dtype), **text_kw)
   tt = TwoTowers(variant=m.variant, image=image, text=text, hyper=None, set_size=m.hyper.set_size,
                  image_size=config.data.image_size, max_len=config.data.max_len,
                  t_init=m.t_init, b_init=m.b_init)

@@ -66,6 +66,32 @@ def test_objects_are_drawn_in_their_stated_quadrant():
   assert checked >= 10
 
 
+def test_contrast_pairs_differ_in_exactly_one_named_attribute():
+  source = DemoSource(32, seed=0, two_objects_prob=0.0, contrast_pair_prob=1.0)
+  changed = {a: 0 for a in demo.ATTRIBUTES}
+  for i in range(1, 400, 2):
+    (_, base), (_, partner) = source.sample(i - 1), source.sample(i)
+    a, b = base.objects[0], partner.objects[0]
+    diff = [attr for attr in demo.ATTRIBUTES if getattr(a, attr) != getattr(b, attr)]
+    assert len(diff) == 1, (base, partner)
+    changed[diff[0]] += 1
+    assert diff[0] in b.mentioned and (b.colour, b.shape) in demo.SEEN_PAIRS
+    if not (diff[0] == "texture" and b.texture == "solid"):
+      assert demo.caption_mentions(partner.caption, diff[0], getattr(b, diff[0])), partner
+  assert min(changed.values()) > 0 and changed["shape"] > changed["size"]  # shape/texture weighted x2
+
+
+def test_contrast_pairs_off_leave_the_stream_unchanged():
+  plain, off = DemoSource(32, seed=5), DemoSource(32, seed=5, contrast_pair_prob=0.0)
+  on = DemoSource(32, seed=5, contrast_pair_prob=0.5)
+  for i in range(12):
+    np.testing.assert_array_equal(plain[i]["image"], off[i]["image"])
+  assert plain[0]["caption"] == on[0]["caption"]  # even positions are never partners
+  assert sum(plain[i]["caption"] != on[i]["caption"] for i in range(1, 40, 2)) >= 5
+  with pytest.raises(ValueError, match="contrast_pair_prob"):
+    DemoSource(32, contrast_pair_prob=-0.1)
+
+
 def test_heldout_pairs_never_occur_in_training_stream():
   heldout = set(demo.HELDOUT_PAIRS)
   assert len(heldout) == 7 and not heldout & set(demo.SEEN_PAIRS)

@@ -64,3 +64,73 @@ def test_demo_words_cover_every_caption_and_prompt_without_unk():
   assert (ids == tok.eos_id).sum(1).min() == 1  # nothing truncated at 32 tokens
   assert tok.decode(tok.encode(["A red circle, at the top left."], 16)) == ["a red circle , at the top left ."]
   assert tok.encode(["a zebra"], 4)[0].tolist() == [tok.encode(["a"], 2)[0, 0], tok.UNK_ID, tok.eos_id, 0]
+
+
+_CORPUS = ["a small red circle in the middle", "a large blue square at the top left", "there is a green star",
+           "a photo of a striped yellow triangle", "an image of a purple cross", "the cat sat on the mat"] * 20
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory):
+  """A 40-piece unigram sentencepiece model with SigLIP c4_en's special ids (pad 0, eos 1, unk 2)."""
+  spm = pytest.importorskip("sentencepiece")
+  import io
+  buf = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(_CORPUS), model_writer=buf, vocab_size=40, model_type="unigram", pad_id=0, eos_id=1,
+      unk_id=2, bos_id=-1, num_threads=1, character_coverage=1.0, minloglevel=2)
+  path = tmp_path_factory.mktemp("sp") / "tiny.model"
+  path.write_bytes(buf.getvalue())
+  return str(path)
+
+
+def test_sentencepiece_ids_of_a_known_sentence_are_stable(sp_model):
+  tok = get_tokenizer(f"sentencepiece(model={sp_model!r})")
+  assert (tok.vocab_size, tok.pad_id, tok.eos_id) == (40, 0, 1)
+  ids = tok.encode(["a small red circle", "the striped cat!"], 16)
+  np.testing.assert_array_equal(ids, [[5, 10, 25, 26, 3, 16, 9, 19, 24, 15, 32, 7, 1, 0, 0, 0],
+                                      [6, 10, 27, 14, 4, 9, 19, 21, 2, 1, 0, 0, 0, 0, 0, 0]])
+  assert tok.decode(ids[:1]) == ["a small red circle"]
+
+
+def test_sentencepiece_sticky_eos_truncation_and_lowercase(sp_model):
+  tok = get_tokenizer(f"sentencepiece(model={sp_model!r}, sticky_eos=True, lowercase=True)")
+  ids = tok.encode(["A SMALL red circle"], 16)[0]
+  assert ids[12:].tolist() == [1, 1, 1, 1]  # padded with EOS: 'last' pooling reads an EOS
+  assert tok.encode(["a small red circle"], 5)[0].tolist() == [5, 10, 25, 26, 1]  # EOS survives truncation
+  with pytest.raises(ValueError, match="cannot be read"):
+    get_tokenizer("sentencepiece(model='/no/such.model')")
+
+
+def test_clip_bpe_from_a_merges_file(tmp_path):
+  import gzip
+  merges = ["#version: 0.2", "c a", "ca t</w>", "t h", "th e</w>", "o n</w>"]
+  path = tmp_path / "vocab.txt.gz"
+  path.write_bytes(gzip.compress("\n".join(merges).encode()))
+  tok = get_tokenizer(f"clip_bpe(vocab={str(path)!r})")
+  assert tok.vocab_size == 512 + 5 + 2 and (tok.bos_id, tok.eos_id, tok.pad_id) == (517, 518, 0)
+  ids = tok.encode(["The  cat on!"], 8)[0].tolist()
+  byte = lambda c: ord(c) - 33  # printable ASCII bytes come first, in byte order
+  assert ids == [517, 512 + 3, 512 + 1, 512 + 4, byte("!") + 256, 518, 0, 0]
+  assert tok.decode(np.asarray([ids])) == ["the cat on !"]
+  sticky = get_tokenizer(f"clip_bpe(vocab={str(path)!r}, sticky_eos=True)")
+  assert sticky.encode(["cat"], 4)[0].tolist() == [517, 512 + 1, 518, 518]
+
+
+def test_tokenizer_spec_errors_name_the_problem():
+  with pytest.raises(ValueError, match="tokenizer 'sentencepeice' is unknown; known: bytes"):
+    get_tokenizer("sentencepeice(model='x')")
+  with pytest.raises(ValueError, match="unexpected keyword"):
+    get_tokenizer("bytes(max_length=3)")
+
+
+def test_last_pooling_needs_sticky_eos_before_anything_compiles():
+  import os
+  from hyperclip_jax import config as config_lib
+  demo = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.py")
+  config = config_lib.load_config(f"{demo}:tiny=true")
+  config_lib.apply_override(config, "model.text.pool", "last")
+  with pytest.raises(config_lib.ConfigError, match=r"pool='last' needs sticky EOS.*sticky_eos=True"):
+    config_lib.validate(config, 8)
+  config_lib.apply_override(config, "data.tokenizer", "bytes(sticky_eos=True)")
+  config_lib.validate(config, 8)

@@ -1,8 +1,10 @@
-"""Data sources: random-access sequences of {'image': uint8 [H, W, 3], 'caption': str}.
+"""Data sources: random-access sequences of {'image': uint8 [H, W, 3] or encoded bytes, 'caption': str}.
 
 `get_source(config_data, seed)` builds the one named `config_data.name`. A source's `len()` is its size; the
-procedural demo source is effectively infinite (len 2**62) and is read in order, finite sources are
-reshuffled every epoch by the input pipeline. tfds / webdataset / array_record sources join this table.
+procedural demo source is effectively infinite (len 2**62) and is read in order, finite sources (manifest,
+tfds) are reshuffled every epoch by the input pipeline. A source with `raw_examples = True` yields encoded
+images, decoded by config.data.pp, and may raise `BadSample` for an item (skipped and counted).
+'webdataset' shards are streamed, not random access: see data/streaming.py (STREAMING names them).
 """
 from typing import Any, Callable
 
@@ -13,20 +15,37 @@ def _demo(config_data: Any, seed: int) -> DemoSource:
   return DemoSource(
       image_size=config_data.get("image_size", 64), seed=seed,
       two_objects_prob=config_data.get("two_objects_prob", 0.3),
-      partial_caption_prob=config_data.get("partial_caption_prob", 0.2))
+      partial_caption_prob=config_data.get("partial_caption_prob", 0.2),
+      contrast_pair_prob=config_data.get("contrast_pair_prob", 0.0))
+
+
+def _manifest(config_data: Any, seed: int) -> Any:
+  from hyperclip_jax.data.sources.manifest import ManifestSource
+  if not config_data.get("manifest"):
+    raise ValueError("config.data.name='manifest' needs config.data.manifest=PATH (.jsonl or .csv)")
+  return ManifestSource(config_data.manifest, image_key=config_data.get("image_key", "image"),
+                        caption_key=config_data.get("caption_key", "") or "caption")
+
+
+def _tfds(config_data: Any, seed: int) -> Any:
+  from hyperclip_jax.data.sources import tfds
+  return tfds.from_config(config_data)
 
 
 SOURCES: dict[str, Callable[[Any, int], Any]] = {
     "demo": _demo,
+    "manifest": _manifest,
+    "tfds": _tfds,
 }
+STREAMING = ("webdataset",)
 
 
 def get_source(config_data: Any, seed: int) -> Any:
   """The training source named config_data.name, seeded with `seed`."""
   name = config_data.get("name", "demo")
   if name not in SOURCES:
-    raise ValueError(f"config.data.name={name!r} is unknown; known: {', '.join(sorted(SOURCES))}")
+    raise ValueError(f"config.data.name={name!r} is unknown; known: {', '.join(sorted([*SOURCES, *STREAMING]))}")
   return SOURCES[name](config_data, seed)
 
 
-__all__ = ["DemoSource", "ZeroShotTask", "demo_tasks", "get_source", "SOURCES"]
+__all__ = ["DemoSource", "ZeroShotTask", "demo_tasks", "get_source", "SOURCES", "STREAMING"]

@@ -175,8 +175,9 @@ class DemoSource:
 
   def __init__(self, image_size: int = 64, seed: int = 0, two_objects_prob: float = 0.3,
                partial_caption_prob: float = 0.2, stream: int = _TRAIN_STREAM,
-               pairs: Sequence[tuple[str, str]] = SEEN_PAIRS):
-    for name, p in (("two_objects_prob", two_objects_prob), ("partial_caption_prob", partial_caption_prob)):
+               pairs: Sequence[tuple[str, str]] = SEEN_PAIRS, contrast_pair_prob: float = 0.0):
+    for name, p in (("two_objects_prob", two_objects_prob), ("partial_caption_prob", partial_caption_prob),
+                    ("contrast_pair_prob", contrast_pair_prob)):
       if not 0.0 <= p <= 1.0:
         raise ValueError(f"demo {name}={p} must be a probability in [0, 1]")
     if seed < 0 or stream < 0:
@@ -187,6 +188,7 @@ class DemoSource:
     self.two_objects_prob = two_objects_prob
     self.partial_caption_prob = partial_caption_prob
     self.pairs = tuple(pairs)
+    self.contrast_pair_prob = contrast_pair_prob
 
   def __len__(self) -> int:
     return 2**62  # infinite in practice; grain needs a length
@@ -201,10 +203,35 @@ class DemoSource:
   def sample(self, index: int, **fixed: str) -> tuple[np.ndarray, Scene]:
     """The index-th image and its scene. `fixed` pins attributes of a single object (eval tasks)."""
     rng = self.rng(index)
-    two = not fixed and rng.random() < self.two_objects_prob
-    objects = self._draw_objects(rng, two, fixed)
+    objects = self._scene_objects(rng, fixed)
+    if (self.contrast_pair_prob and not fixed and index % 2 == 1 and len(objects) == 1
+        and rng.random() < self.contrast_pair_prob):  # (no draw at all when off: the stream is unchanged)
+      objects = (self._contrast(rng, self._scene_objects(self.rng(index - 1), {})[0]),)
     caption = self._caption(rng, objects)
     return self._render(rng, objects), Scene(objects, caption)
+
+  def _scene_objects(self, rng: np.random.Generator, fixed: dict) -> tuple[DemoObject, ...]:
+    two = not fixed and rng.random() < self.two_objects_prob
+    return self._draw_objects(rng, two, fixed)
+
+  def _contrast(self, rng: np.random.Generator, base: DemoObject) -> DemoObject:
+    """base with one attribute changed (shape or texture twice as often as the others), and named.
+
+    Odd stream positions may be such a contrast partner of the even position before them, so a batch holds
+    pairs of captions that differ in a single attribute: in-batch negatives that only that attribute tells
+    apart, the contrastive signal for shape and texture that random batches almost never give.
+    """
+    for _ in range(16):  # the changed (colour, shape) pair must be one this source draws from
+      attr = _pick(rng, ("shape", "shape", "texture", "texture", "colour", "size", "position"))
+      current = getattr(base, attr)
+      values = {"colour": tuple(COLOURS), "shape": SHAPES, "size": SIZES, "position": POSITIONS,
+                "texture": TEXTURES}[attr]
+      value = _pick(rng, [v for v in values if v != current])
+      changed = dataclasses.replace(base, **{attr: value})
+      if (changed.colour, changed.shape) in self.pairs:
+        mentioned = tuple(a for a in ATTRIBUTES if a in base.mentioned or a == attr)
+        return dataclasses.replace(changed, mentioned=mentioned)
+    return base
 
   def _draw_objects(self, rng: np.random.Generator, two: bool, fixed: dict) -> tuple[DemoObject, ...]:
     if two:  # two distinct corners, so the objects never overlap

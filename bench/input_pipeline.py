@@ -1,0 +1,121 @@
+"""Input-pipeline throughput on webdataset shards of real JPEGs, which this script writes first.
+
+  .venv/bin/python bench/input_pipeline.py [--workers 1,2] [--images 512] [--source-px 512]
+
+Prints one JSON line per figure: decoded + augmented images/s at 224 px in one worker (read tar, decode JPEG,
+augment, tokenize; one core), then images/s of the whole grain pipeline (make_train_iterator) with N worker
+processes, and the workers per chip that keep a chip fed at --chip-rate images/s (default: the hyperclip
+EfficientNet-B0 224 px bf16 train step measured on an H200, docs/benchmarks.md).
+"""
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import tarfile
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from hyperclip_jax.data import input_pipeline, streaming  # noqa: E402
+from hyperclip_jax.data.sources import webdataset  # noqa: E402
+from hyperclip_jax.data.tokenizers import get_tokenizer  # noqa: E402
+
+TRAIN_PP = "decode|inception_crop(224)|flip_lr|value_range(-1, 1)|tokenize|keep('image', 'text')"
+
+
+def _photo(rng: np.random.Generator, w: int, h: int) -> bytes:
+  """A photo-like JPEG: smooth colour fields plus fine texture (compresses and decodes like a photo)."""
+  coarse = rng.integers(0, 255, (6, 8, 3), np.uint8)
+  image = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC), np.int16)
+  image = np.clip(image + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="JPEG", quality=90)
+  return buf.getvalue()
+
+
+def write_shards(root: str, n_images: int, source_px: int, per_shard: int) -> tuple[str, int]:
+  rng = np.random.default_rng(0)
+  n_shards = math.ceil(n_images / per_shard)
+  total_bytes = 0
+  for k in range(n_shards):
+    with tarfile.open(os.path.join(root, f"{k:05d}.tar"), "w") as tar:
+      for j in range(per_shard):
+        i = k * per_shard + j
+        w = source_px
+        h = int(source_px * rng.uniform(0.6, 1.0))  # landscape photos, as in LAION / DataComp
+        for ext, data in (("jpg", _photo(rng, w, h)), ("txt", f"a photo of thing number {i}".encode())):
+          info = tarfile.TarInfo(f"{i:08d}.{ext}")
+          info.size = len(data)
+          tar.addfile(info, io.BytesIO(data))
+          total_bytes += len(data)
+  return os.path.join(root, f"{{00000..{n_shards - 1:05d}}}.tar"), total_bytes
+
+
+def per_worker_rate(pattern: str, pp: str, size: int, max_len: int) -> float:
+  """Images/s of one stream in this process: tar read, decode, augment, tokenize."""
+  shards = webdataset.expand_pattern(pattern)
+  process = streaming.Preprocess(pp, get_tokenizer("bytes"), max_len, size)
+  streams = streaming.ShardStreams(pattern, shards, 1, 0, True, 64, "txt", process, 1)
+  examples = streams.examples(0, streaming.START)
+  for _ in range(8):  # warm-up
+    next(examples)
+  start, count = time.perf_counter(), 0
+  while count < 64 or time.perf_counter() - start < 3.0:
+    item, _ = next(examples)
+    count += not isinstance(item, Exception)
+  return count / (time.perf_counter() - start)
+
+
+def loader_rate(pattern: str, pp: str, size: int, max_len: int, workers: int, batch: int, seconds: float) -> float:
+  """Images/s of make_train_iterator with `workers` grain processes (after a warm-up of their start)."""
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(
+      name="webdataset", pattern=pattern, pp=pp, image_size=size, max_len=max_len, worker_count=workers,
+      streams_per_host=workers, shuffle_block=64, worker_buffer_size=2))
+  it = input_pipeline.make_train_iterator(config, get_tokenizer("bytes"), batch, seed=0)
+  try:
+    for _ in range(2 * workers):
+      next(it)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+      n += next(it)["image"].shape[0]
+    return n / (time.perf_counter() - start)
+  finally:
+    it.close()
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--images", type=int, default=512, help="JPEGs to write")
+  parser.add_argument("--source-px", type=int, default=512, help="width of the written JPEGs")
+  parser.add_argument("--per-shard", type=int, default=64)
+  parser.add_argument("--size", type=int, default=224, help="model input size")
+  parser.add_argument("--pp", default=TRAIN_PP)
+  parser.add_argument("--workers", default="1,2", help="comma-separated worker counts for the loader figures")
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--seconds", type=float, default=8.0, help="timing window per loader figure")
+  parser.add_argument("--chip-rate", type=float, default=7590.0,
+                      help="images/s one accelerator chip trains (default: hyperclip B0 224 px bf16, H200)")
+  args = parser.parse_args()
+  with tempfile.TemporaryDirectory() as root:
+    pattern, nbytes = write_shards(root, args.images, args.source_px, args.per_shard)
+    common = {"pp": args.pp, "image_px": args.size, "source_px": args.source_px,
+              "mean_jpeg_kb": round(nbytes / args.images / 1024, 1), "cpus": os.cpu_count()}
+    one = per_worker_rate(pattern, args.pp, args.size, 64)
+    print(json.dumps({"figure": "images_per_sec_per_worker", "value": round(one, 1), **common}), flush=True)
+    for workers in (int(w) for w in args.workers.split(",") if w):
+      rate = loader_rate(pattern, args.pp, args.size, 64, workers, args.batch, args.seconds)
+      print(json.dumps({"figure": "loader_images_per_sec", "workers": workers, "value": round(rate, 1),
+                        **common}), flush=True)
+    print(json.dumps({"figure": "workers_per_chip", "value": math.ceil(args.chip_rate / one),
+                      "chip_images_per_sec": args.chip_rate, "per_worker": round(one, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,68 @@
+"""hyperclip-eval: runs the configured evaluators on a checkpoint of a finished (or running) training run.
+
+  hyperclip-eval --workdir runs/demo [--step N] [--config configs/demo.py] [--config.evals.zeroshot.n_eval=1024]
+
+The model comes from the workdir's checkpoint; the evaluators from --config (default: the workdir's own
+config.json), so a run can be scored on other task sets or sizes than it trained with, as long as the model
+config matches. Writes WORKDIR/eval/step_<N>.json and prints the same table as the trainer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import jax
+
+from hyperclip_jax import config as config_lib
+from hyperclip_jax import workdir as workdir_lib
+
+
+def evaluate(workdir: str, config: Any | None = None, step: int | None = None) -> tuple[int, dict[str, Any]]:
+  """-> (step, {task: {top1, top5, chance, ...}}) for the checkpoint `step` (default: the newest)."""
+  from hyperclip_jax import evaluators, sharding  # late: --help stays fast
+  from hyperclip_jax.data import tokenizers
+  from hyperclip_jax.models import two_towers
+  run = workdir_lib.load_run(workdir, step, config)
+  try:
+    mesh = sharding.make_mesh(run.config.mesh)
+    model = two_towers.build_model(run.config)
+    evaluator = evaluators.build(run.config, model, tokenizers.get_tokenizer(run.config.data.tokenizer), mesh)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+  return run.step, evaluator.run(run.params, run.batch_stats)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  from hyperclip_jax import evaluators
+  try:
+    rest, overrides = config_lib.split_overrides(argv)
+    parser = argparse.ArgumentParser(prog="hyperclip-eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True, help="a hyperclip-train run directory")
+    parser.add_argument("--config", default=None, help="config file for the evaluators (default: WORKDIR/config.json)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    args = parser.parse_args(rest)
+    config = (config_lib.load_config(args.config) if args.config else workdir_lib.read_config(args.workdir))
+    for key, value in overrides:
+      config_lib.apply_override(config, key, value)
+    config_lib.validate(config, jax.device_count())
+    step, results = evaluate(args.workdir, config, args.step)
+  except (config_lib.ConfigError, workdir_lib.RunError) as e:
+    print(f"hyperclip-eval: error: {e}", file=sys.stderr)
+    return 2
+  out_dir = os.path.join(args.workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f"step_{step}.json")
+  metrics = {k: float(v) for k, v in evaluators.zeroshot.ZeroShotEvaluator.flat_metrics(results).items()}
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({"step": step, "metrics": metrics, "results": results}, f, indent=2, sort_keys=True)
+  print(evaluators.format_table(results))
+  print(f"step {step}; results: {path}", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,210 @@
+"""hyperclip-export: a trained run -> a static, folded zero-shot image classifier; `load_classifier` runs it.
+
+  hyperclip-export --workdir runs/demo --classes demo:colour --out runs/demo/export_colour
+  hyperclip-export --workdir RUN --classes imagenet1k|cifar100|cifar10|classes.txt [--templates FILE] --out DIR
+
+The text tower and hypernet run once, here, over the class prompts; BatchNorm running statistics and the
+generated scale/bias are folded into the convolutions before them (ViTs keep their LayerNorms with the
+generated values baked in). DIR then holds:
+  classifier.jaxexport  serialized jax.export artifact (StableHLO, weights embedded): uint8 images
+                        [N, S, S, 3] -> logits [N, C], any N
+  params/               the folded parameters, class embeddings and t, b as an Orbax checkpoint
+  classes.json          the class names, in logit order
+  manifest.json         model, input size, preprocessing, temperature/bias, source step, config hash
+
+`load_classifier(DIR)` needs only jax and numpy: it deserializes the artifact and never builds the model
+(this module imports Flax and the model code only inside the export functions).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ARTIFACT = "classifier.jaxexport"
+MANIFEST = "manifest.json"
+CLASSES = "classes.json"
+PARAMS = "params"
+FORMAT_VERSION = 1
+
+
+class ExportError(ValueError):
+  """A classifier that cannot be exported or loaded; the message says what to do."""
+
+
+# ---- loading: jax + numpy only --------------------------------------------------------------------------------
+class Classifier:
+  """A loaded exported classifier: `clf(images uint8 [N, S, S, 3]) -> logits float32 [N, C]`."""
+
+  def __init__(self, directory: str):
+    for name in (MANIFEST, CLASSES, ARTIFACT):
+      if not os.path.isfile(os.path.join(directory, name)):
+        raise ExportError(f"{directory!r} is not an exported classifier (no {name}); write one with "
+                          "hyperclip-export --workdir RUN --classes ... --out DIR")
+    with open(os.path.join(directory, MANIFEST), encoding="utf-8") as f:
+      self.manifest: dict[str, Any] = json.load(f)
+    with open(os.path.join(directory, CLASSES), encoding="utf-8") as f:
+      self.classes: list[str] = json.load(f)
+    with open(os.path.join(directory, ARTIFACT), "rb") as f:
+      self._exported = jax.export.deserialize(bytearray(f.read()))
+    self._call = jax.jit(self._exported.call)  # compiled once per batch size, not re-wrapped on every call
+    self.input_size: int = int(self.manifest["input_size"])
+    self.directory = directory
+
+  def __call__(self, images: Any) -> np.ndarray:
+    images = np.asarray(images)
+    s = self.input_size
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3) or not images.shape[0]:
+      raise ValueError(f"images must be uint8 [N, {s}, {s}, 3] (RGB); got {images.dtype} {list(images.shape)}: "
+                       f"resize to {s}x{s} first (hyperclip-predict does)")
+    return np.asarray(self._call(images))
+
+  def scores(self, logits: np.ndarray) -> np.ndarray:
+    """Logits -> per-class scores: sigmoid (SigLIP-trained) or softmax over the classes (CLIP-trained)."""
+    logits = np.asarray(logits, np.float64)
+    if self.manifest.get("score") == "softmax":
+      e = np.exp(logits - logits.max(-1, keepdims=True))
+      return e / e.sum(-1, keepdims=True)
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def load_classifier(directory: str) -> Classifier:
+  """Loads an exported classifier directory (see the module docstring); needs only jax and numpy."""
+  return Classifier(directory)
+
+
+# ---- exporting: builds the model ------------------------------------------------------------------------------
+def class_embeddings(model: Any, params: Any, tokenizer: Any, max_len: int, class_names: Sequence[str],
+                     templates: Sequence[str], chunk: int = 512) -> np.ndarray:
+  """Per-class mean of the templated prompt embeddings, renormalised: [C, D] (prompts encoded in chunks)."""
+  from hyperclip_jax.models import two_towers
+  texts = [t.format(c) for c in class_names for t in templates]
+  tokens = tokenizer.encode(texts, max_len)  # [C·T, L]
+  n = len(texts)
+  chunk = min(chunk, n)
+  encode = jax.jit(model.encode_text)
+  out = []
+  for start in range(0, n, chunk):
+    part = tokens[start:start + chunk]
+    pad = chunk - len(part)  # one compiled shape for every chunk
+    part = np.concatenate([part, np.repeat(part[:1], pad, 0)]) if pad else part
+    out.append(np.asarray(encode(params, jnp.asarray(part)))[:chunk - pad])
+  z = np.concatenate(out).reshape(len(class_names), len(templates), -1)
+  return np.asarray(two_towers.l2_normalize(jnp.asarray(z.mean(1))))
+
+
+def unfolded_logits(model: Any, params: Any, batch_stats: Any, zcls: Any, images: Any) -> jax.Array:
+  """The reference: zero-shot logits of the unfolded model (eval mode) for float images [N, S, S, 3] in [-1, 1]."""
+  generated = model.generate(params, jnp.asarray(zcls)[None])
+  zimg, _ = model.encode_image(params, batch_stats, images[None], generated, train=False)
+  return jnp.exp(params["t"]) * zimg[0] @ jnp.asarray(zcls).T + params["b"]
+
+
+def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray) -> tuple[Any, Any]:
+  """-> (folded image-tower params, fn(folded, uint8 images [N, S, S, 3]) -> logits [N, C])."""
+  from hyperclip_jax.models import fold, layers, two_towers
+  variables = {"params": params["img"], "batch_stats": batch_stats["img"]}
+  generated = model.generate(params, jnp.asarray(zcls)[None])  # one set: the task's classes; None for siglip
+  if generated is not None:
+    variables[layers.GENERATED] = generated
+  norms = fold.trace_norms(model.image, variables, model.image_size)
+  folded = fold.fold(norms, variables)
+  t, b, zc = np.exp(np.asarray(params["t"])), np.asarray(params["b"]), np.asarray(zcls)
+
+  def logits(folded, images):
+    x = images.astype(jnp.float32) * (2.0 / 255.0) - 1.0  # the value_range(-1, 1) of training
+    zimg = two_towers.l2_normalize(fold.apply_folded(model.image, norms, folded, x))  # [N, D]
+    return t * zimg @ zc.T + b  # [N, C]
+
+  return folded, logits
+
+
+def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[str], out_dir: str,
+                      platforms: Sequence[str] = ("cpu",)) -> dict[str, Any]:
+  """Writes the classifier of `run` (a workdir.Run) for `class_names` to out_dir; returns the manifest."""
+  import orbax.checkpoint as ocp
+  from hyperclip_jax.data import tokenizers
+  from hyperclip_jax.models import two_towers
+  config = run.config
+  pp = str(config.data.get("pp", "") or "")
+  if "value_range" in pp and "value_range(-1, 1)" not in pp.replace("-1,1", "-1, 1"):
+    raise ExportError(f"config.data.pp={pp!r} scales pixels other than value_range(-1, 1), which the exported "
+                      "classifier assumes; export a run trained with value_range(-1, 1)")
+  model = two_towers.build_model(config)
+  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
+  params, batch_stats = jax.device_get(run.params), jax.device_get(run.batch_stats)
+  zcls = class_embeddings(model, params, tokenizer, config.data.max_len, class_names, templates)
+  folded, logits = fold_classifier(model, params, batch_stats, zcls)
+  s = model.image_size
+  consts = jax.tree.map(jnp.asarray, folded)
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"n, {s}, {s}, 3"), jnp.uint8)
+  exported = jax.export.export(jax.jit(lambda images: logits(consts, images)), platforms=tuple(platforms))(spec)
+
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, ARTIFACT), "wb") as f:
+    f.write(exported.serialize())
+  params_dir = os.path.abspath(os.path.join(out_dir, PARAMS))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(params_dir, {"image": folded, "zcls": zcls, "t": np.asarray(params["t"]),
+                                 "b": np.asarray(params["b"])}, force=True)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  with open(os.path.join(out_dir, CLASSES), "w", encoding="utf-8") as f:
+    json.dump(list(class_names), f, ensure_ascii=False, indent=0)
+  manifest = {
+      "format_version": FORMAT_VERSION,
+      "model": {"variant": config.model.variant, "image_encoder": config.model.image.name,
+                "image": config.model.image.to_dict(), "embed_dim": int(config.model.embed_dim),
+                "dtype": config.model.dtype},
+      "input_size": int(s),
+      "input": f"uint8 RGB [N, {s}, {s}, 3]",
+      "preprocessing": f"resize({s})|value_range(-1, 1)",
+      "temperature": float(np.exp(np.asarray(params["t"]))), "bias": float(np.asarray(params["b"])),
+      "logits": "temperature * <zimg, zclass> + bias",
+      "score": "softmax" if config.loss.name == "softmax" else "sigmoid",
+      "num_classes": len(class_names), "num_templates": len(templates), "templates": list(templates),
+      "source": {"workdir": os.path.abspath(run.workdir), "step": int(run.step), "config_hash": run.config_hash},
+      "platforms": list(platforms), "jax_version": jax.__version__, "artifact": ARTIFACT,
+  }
+  with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=2, ensure_ascii=False)
+  return manifest
+
+
+# ---- command line ---------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="hyperclip-export", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True, help="a hyperclip-train run directory")
+  parser.add_argument("--classes", required=True,
+                      help="imagenet1k | cifar100 | cifar10 | demo:TASK | a UTF-8 file with one class name per line")
+  parser.add_argument("--templates", default=None, help="UTF-8 file, one prompt template with {} per line")
+  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+  parser.add_argument("--platforms", default="cpu", help="comma-separated: cpu, cuda, rocm, tpu")
+  parser.add_argument("--format", default="stablehlo", choices=("stablehlo", "tflite"))
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  from hyperclip_jax import workdir as workdir_lib
+  from hyperclip_jax.evaluators import classnames
+  try:
+    if args.format == "tflite":
+      raise ExportError("--format tflite is not available: it needs TensorFlow (jax2tf), which this install "
+                        "lacks; the StableHLO artifact runs with jax alone")
+    names, templates = classnames.resolve(args.classes, args.templates)
+    run = workdir_lib.load_run(args.workdir, args.step)
+    manifest = export_classifier(run, names, templates, args.out, platforms=args.platforms.split(","))
+  except (ExportError, classnames.ClassListError, workdir_lib.RunError) as e:
+    print(f"hyperclip-export: error: {e}", file=sys.stderr)
+    return 2
+  print(f"exported {manifest['num_classes']} classes x {manifest['num_templates']} templates from step "
+        f"{manifest['source']['step']} of {args.workdir} to {args.out} (input {manifest['input']})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,142 @@
+"""What keeps a run safe from its surroundings: one trainer per workdir, SIGTERM / preemption, non-finite steps.
+
+  WorkdirLock      an fcntl.flock on WORKDIR/.lock: the kernel drops it when its process dies (even kill -9),
+                   so it is never stale; a second trainer on the same workdir stops at once
+  PreemptionWatch  SIGTERM (one process) or JAX's preemption sync point (multi-host) asks the loop to save a
+                   checkpoint at the next step boundary and exit with EXIT_PREEMPTED
+  nonfinite_report the one-line diagnostic of a step whose loss, gradients or update went NaN/Inf
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: not finished, rerun the same command to continue
+
+
+class GuardError(RuntimeError):
+  """A run stopped by one of its guards; the message says what happened and what to do."""
+
+
+class WorkdirBusy(GuardError):
+  """Another live trainer holds the workdir."""
+
+
+class NonFiniteError(GuardError):
+  """A step produced a NaN/Inf loss, gradient or parameter (and skip_nonfinite_steps is off)."""
+
+
+class Preempted(Exception):
+  """The run saved a checkpoint after SIGTERM / a preemption notice and stopped; rerun to continue."""
+
+
+class WorkdirLock:
+  """Exclusive lock on WORKDIR/.lock for the life of one trainer (process 0 only on multi-host runs)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.path = os.path.join(workdir, ".lock")
+    self._fd = None
+    if not enabled:
+      return
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+      os.close(fd)
+      raise WorkdirBusy(f"workdir {workdir} is in use by another trainer ({holder}); stop it first or use another "
+                        "--workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    self._fd = fd
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self) -> "WorkdirLock":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.release()
+
+
+class PreemptionWatch:
+  """Turns SIGTERM into a request to checkpoint and stop at the next step boundary.
+
+  One process: a SIGTERM handler (the previous one comes back on close). Multi-host: JAX's preemption sync
+  point, which the coordination service raises on every process at the same step; a Python handler there
+  would steal SIGTERM from it.
+  """
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+  def _on_signal(self, signum: int, frame: Any) -> None:
+    del frame
+    self.signal_name = signal.Signals(signum).name
+    print(f"{self.signal_name} received: saving a checkpoint after the current step, then exiting",
+          file=sys.stderr, flush=True)
+
+  def requested(self, step: int) -> bool:
+    """True once a stop is due at `step`; every process must call it at every step (multi-host)."""
+    if self.signal_name is not None:
+      return True
+    if jax.process_count() > 1:
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.signal_name = "preemption notice"
+          return True
+      except RuntimeError:  # the preemption service is off (jax_enable_preemption_service)
+        return False
+    return False
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def __enter__(self) -> "PreemptionWatch":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+def leaf_finite(tree: Any) -> jax.Array:
+  """bool [n_leaves]: whether every element of each leaf is finite (inside jit; tree-leaf order)."""
+  import jax.numpy as jnp
+  leaves = jax.tree.leaves(tree)
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]) if leaves else jnp.ones((0,), bool)
+
+
+def nonfinite_report(step: int, loss: float, grads_finite: np.ndarray, params_finite: np.ndarray,
+                     param_paths: list[str], indices: np.ndarray | None) -> str:
+  """One line: which step, loss, the first non-finite gradient/parameter leaf (tree order), the batch's data."""
+  parts = [f"step {step}: non-finite training step (loss {loss})"]
+  for name, finite in (("gradient", grads_finite), ("updated parameter", params_finite)):
+    bad = [p for p, ok in zip(param_paths, np.asarray(finite)) if not ok]
+    if bad:
+      top = sorted({p.split("']")[0] + "']" for p in bad})
+      parts.append(f"{len(bad)} of {len(param_paths)} {name} leaves non-finite, first {bad[0]} "
+                   f"(subtrees {', '.join(top)})")
+  if len(parts) == 1:
+    parts.append("all gradients finite: the loss itself overflowed")
+  if indices is not None and np.size(indices):
+    idx = np.asarray(indices).ravel()
+    parts.append(f"batch data indices {int(idx.min())}..{int(idx.max())} ({idx.size} examples on this host)")
+  return "; ".join(parts)

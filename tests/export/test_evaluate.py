@@ -1,0 +1,31 @@
+"""hyperclip-eval on a finished run: the same zero-shot results the trainer reported, stable metric names."""
+import json
+import os
+
+import pytest
+
+from hyperclip_jax import evaluate
+
+
+def test_eval_reproduces_the_trainers_final_zero_shot_results(trained_run, capsys):
+  assert evaluate.main(["--workdir", trained_run]) == 0
+  out = capsys.readouterr().out
+  assert "top1/chance" in out and "step 2; results:" in out
+  with open(os.path.join(trained_run, "eval", "step_2.json")) as f:
+    saved = json.load(f)
+  with open(os.path.join(trained_run, "final_eval.json")) as f:
+    final = json.load(f)
+  assert saved["step"] == 2 and set(saved["results"]) == set(final) and len(final) == 7
+  for task, r in final.items():
+    assert saved["results"][task]["top1"] == pytest.approx(r["top1"], abs=1e-9)
+    assert saved["metrics"][f"zeroshot/{task}/top1"] == pytest.approx(r["top1"], abs=1e-9)
+    assert saved["metrics"][f"zeroshot/{task}/top5"] == pytest.approx(r["top5"], abs=1e-9)
+
+
+def test_eval_errors_are_one_line(tmp_path, capsys):
+  assert evaluate.main(["--workdir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "has no config.json" in err
+  assert evaluate.main(["--workdir", str(tmp_path), "--config", "configs/demo.py:tiny=true",
+                        "--config.evals.zeroshot.tasks=imagenet"]) == 2
+  assert "config.evals.zeroshot.tasks='imagenet' is unknown" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""Truncated or garbled checkpoints: resume falls back to the newest usable step, loudly; with none left it
+stops unless --config.resume=fresh; restoring never unpickles."""
+import os
+import pickle
+import shutil
+
+from harness import CONFIG, ROOT, complete_steps, error_line, last_metrics, run
+
+from hyperclip_jax import train
+
+
+def _copy_run(src, dst):
+  shutil.copytree(src, dst, ignore=shutil.ignore_patterns("metrics.jsonl", "final_eval.json", "tensorboard"))
+  return str(dst)
+
+
+def _largest_array_file(workdir, step):
+  state = os.path.join(workdir, "checkpoints", str(step), "state")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def _garble(path):
+  """Flips bits in the middle of a file: the arrays still decode, to wrong values."""
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    mid = len(data) // 2
+    data[mid:mid + 16] = bytes(b ^ 0x5A for b in data[mid:mid + 16])
+    f.seek(0)
+    f.write(data)
+
+
+def _truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def test_damaged_latest_falls_back_with_a_warning(reference, tmp_path):
+  workdir = _copy_run(reference[0], tmp_path / "run")
+  _garble(_largest_array_file(workdir, 12))  # silent corruption: only the saved fingerprint catches it
+  _truncate(os.path.join(workdir, "checkpoints", "8", "state", "manifest.ocdbt"))
+  proc = run(workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  warning = next(l for l in proc.stderr.splitlines() if l.startswith("WARNING: checkpoint"))
+  assert "step 12 (array contents differ from the fingerprint" in warning and ", step 8 (" in warning
+  assert "resuming from step 4 instead" in warning
+  assert "resumed from step 4" in proc.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints_damaged"))) == ["12", "8"]
+  assert last_metrics(workdir)["params_checksum"] == reference[1]
+
+
+def test_no_usable_checkpoint_stops_unless_resume_fresh(reference, tmp_path, capfd, monkeypatch):
+  workdir = _copy_run(reference[0], tmp_path / "run")
+  for step in (4, 8, 12):
+    _garble(_largest_array_file(workdir, step))
+  monkeypatch.chdir(ROOT)
+
+  def no_unpickling(*args, **kwargs):
+    raise AssertionError("a checkpoint restore tried to unpickle")
+  for name in ("load", "loads", "Unpickler"):
+    monkeypatch.setattr(pickle, name, no_unpickling)
+  argv = ["--workdir", workdir, *CONFIG]
+  assert train.main(argv) == 2
+  line = error_line(capfd.readouterr().err)
+  assert f"no usable checkpoint in {workdir}/checkpoints (step 12: " in line and "step 4: " in line
+  assert "--config.resume=fresh" in line
+  assert complete_steps(workdir) == [4, 8, 12]  # nothing moved or deleted
+
+  assert train.main(argv + ["--config.resume=fresh"]) == 0
+  assert "config.resume=fresh: starting from step 0" in capfd.readouterr().err
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints_previous"))) == ["12", "4", "8"]
+  assert last_metrics(workdir)["params_checksum"] == reference[1]
