@@ -93,7 +93,7 @@ def main(argv: list[str]) -> None:
   run = workdir_lib.load_run(workdir)
   names, templates = classnames.resolve(args.classes)
   out = os.path.join(tmp, "classifier")
-  export.export_classifier(run, names, templates, out, platforms=(jax.default_backend(),))
+  export.export_classifier(run, names, templates, out, platforms=(jax.export.default_export_platform(),))
   clf = export.load_classifier(out)
   s = clf.input_size
 
@@ -120,7 +120,8 @@ def main(argv: list[str]) -> None:
   _emit(figure="size_bytes", artifact=_du(os.path.join(out, export.ARTIFACT)),
         folded_params=_du(os.path.join(out, export.PARAMS)), training_checkpoint=_du(step_dir),
         training_params_only=int(sum(np.asarray(x).nbytes for x in jax.tree.leaves((params, batch_stats)))),
-        **common)
+        # a fresh init's checkpoint is small: its optimizer state and the hypernet's zero head compress away
+        checkpoint_of="trained run" if args.workdir else "fresh init", **common)
 
 
 if __name__ == "__main__":

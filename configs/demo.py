@@ -47,7 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name="demo", image_size=64, max_len=32, tokenizer="demo_words", two_objects_prob=0.0,
-      partial_caption_prob=0.2, contrast_pair_prob=0.0, read_threads=1,
+      partial_caption_prob=0.2, contrast_prob=0.0, contrast_group=2,
+      read_threads=1,
       worker_count=0))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, param_rules=[(".*", "fsdp")]))

@@ -14,6 +14,7 @@ through tensorstore; nothing is unpickled.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -48,6 +49,17 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
   return f"{type(e).__name__}: {text[0][:limit] if text else ''}"
 
 
+def _write_cause(e: BaseException) -> str:
+  """The OS error behind a failed write (tensorstore puts it deep in a long message), then its first line."""
+  text, cause = str(e), e.__cause__ or e.__context__
+  while cause is not None:
+    text, cause = text + str(cause), cause.__cause__ or cause.__context__
+  for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO):
+    if os.strerror(code) in text:
+      return f"{os.strerror(code)}; {_first_line(e, 120)}"
+  return _first_line(e)
+
+
 class Checkpointer:
   """Async Orbax CheckpointManager under WORKDIR/checkpoints, keeping the last `keep` steps.
 
@@ -72,13 +84,14 @@ class Checkpointer:
            run_info: dict[str, Any] | None = None) -> None:
     """Starts writing `step` (returns once the arrays are copied off the devices; the files land later)."""
     run = {"fingerprint": fingerprint(state), **(run_info or {})}
+    self.wait()  # the previous save's failure is reported as its own
+    self._in_flight = step
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
           meta=ocp.args.JsonSave({**meta, RUN_KEY: run})), force=True)
-    except Exception as e:  # an earlier async save surfaces its failure here
+    except Exception as e:
       raise self._write_error(e) from e
-    self._in_flight = step
 
   def _write_error(self, e: Exception) -> CheckpointError:
     step = self._in_flight
@@ -86,7 +99,7 @@ class Checkpointer:
     done = [s for s in self.manager.all_steps() if s != step]
     kept = f"step {max(done)} is intact" if done else "no complete checkpoint was written yet"
     return CheckpointError(
-        f"writing checkpoint step {step} to {self.directory} failed ({_first_line(e)}); {kept}; free disk "
+        f"writing checkpoint step {step} to {self.directory} failed ({_write_cause(e)}); {kept}; free disk "
         "space (or fix the cause) and rerun the same command to resume")
 
   def check_compatible(self, step: int, meta: dict[str, Any]) -> None:
@@ -280,8 +293,10 @@ def fingerprint(tree: Any) -> str:
   """A cheap on-device checksum of every leaf's bits (paths, dtypes, shapes included): catches garbled arrays."""
   flat = jax.tree_util.tree_leaves_with_path(tree)
   sums = _leaf_sums([leaf for _, leaf in flat])
-  sums = np.asarray(multihost_utils.process_allgather(sums) if not getattr(sums, "is_fully_addressable", True)
-                    else jax.device_get(sums)).ravel()
+  if not getattr(sums, "is_fully_addressable", True):  # several processes: every one holds the replicated sums
+    sums = sums.addressable_data(0) if sums.is_fully_replicated else multihost_utils.process_allgather(
+        sums, tiled=True)
+  sums = np.asarray(jax.device_get(sums)).ravel()
   h = hashlib.sha256()
   for (path, leaf), s in zip(flat, sums):
     h.update(f"{jax.tree_util.keystr(path)}|{np.dtype(leaf.dtype).name}|{tuple(leaf.shape)}|{int(s)}\n".encode())
@@ -291,6 +306,9 @@ def fingerprint(tree: Any) -> str:
 def tree_checksum(tree: Any) -> str:
   """sha256 over every leaf's path, dtype, shape and bytes: equal iff two runs ended bit-identical."""
   h = hashlib.sha256()
+  tree = jax.tree.map(  # several processes: gather leaves sharded across them (FSDP) into whole arrays
+      lambda x: multihost_utils.process_allgather(x, tiled=True)
+      if not getattr(x, "is_fully_addressable", True) and not x.is_fully_replicated else x, tree)
   for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(jax.device_get(tree)),
                            key=lambda kv: jax.tree_util.keystr(kv[0])):
     arr = np.ascontiguousarray(np.asarray(leaf))

@@ -32,6 +32,7 @@ MANIFEST = "manifest.json"
 CLASSES = "classes.json"
 PARAMS = "params"
 FORMAT_VERSION = 1
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export can lower for
 
 
 class ExportError(ValueError):
@@ -131,7 +132,18 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
   import orbax.checkpoint as ocp
   from hyperclip_jax.data import tokenizers
   from hyperclip_jax.models import two_towers
-  config = run.config
+  if not class_names or len(set(class_names)) != len(class_names) or not all(str(c).strip() for c in class_names):
+    raise ExportError(f"class names must be unique and non-empty; got {len(class_names)} names with "
+                      f"{len(class_names) - len(set(class_names))} duplicate(s)")
+  if not templates or any(t.count("{}") != 1 for t in templates):
+    raise ExportError("every prompt template needs exactly one {} for the class name, e.g. 'a photo of a {}.'")
+  unknown = sorted(set(platforms) - set(PLATFORMS))
+  if unknown:
+    raise ExportError(f"platform {unknown[0]!r} is unknown; known: {', '.join(PLATFORMS)}")
+  config = run.config.copy_and_resolve_references()
+  if "remat" in config.model:  # inference has no backward pass to save memory for; params are the same
+    with config.unlocked():
+      config.model.remat = False
   pp = str(config.data.get("pp", "") or "")
   if "value_range" in pp and "value_range(-1, 1)" not in pp.replace("-1,1", "-1, 1"):
     raise ExportError(f"config.data.pp={pp!r} scales pixels other than value_range(-1, 1), which the exported "
@@ -186,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--templates", default=None, help="UTF-8 file, one prompt template with {} per line")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
-  parser.add_argument("--platforms", default="cpu", help="comma-separated: cpu, cuda, rocm, tpu")
+  parser.add_argument("--platforms", default=None,
+                      help="comma-separated: cpu, cuda, rocm, tpu (default: this machine's backend, and cpu)")
   parser.add_argument("--format", default="stablehlo", choices=("stablehlo", "tflite"))
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   from hyperclip_jax import workdir as workdir_lib
@@ -197,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "lacks; the StableHLO artifact runs with jax alone")
     names, templates = classnames.resolve(args.classes, args.templates)
     run = workdir_lib.load_run(args.workdir, args.step)
-    manifest = export_classifier(run, names, templates, args.out, platforms=args.platforms.split(","))
+    here = jax.export.default_export_platform()
+    platforms = args.platforms.split(",") if args.platforms else list(dict.fromkeys([here, "cpu"]))
+    manifest = export_classifier(run, names, templates, args.out, platforms=platforms)
   except (ExportError, classnames.ClassListError, workdir_lib.RunError) as e:
     print(f"hyperclip-export: error: {e}", file=sys.stderr)
     return 2

@@ -125,18 +125,28 @@ def leaf_finite(tree: Any) -> jax.Array:
 
 
 def nonfinite_report(step: int, loss: float, grads_finite: np.ndarray, params_finite: np.ndarray,
-                     param_paths: list[str], indices: np.ndarray | None) -> str:
-  """One line: which step, loss, the first non-finite gradient/parameter leaf (tree order), the batch's data."""
+                     param_paths: list[str], batch: dict[str, np.ndarray] | None) -> str:
+  """One line: the step, its loss, which gradient/parameter leaves went non-finite (first few in tree order, and
+  their top-level subtrees), and the batch's data indices, naming examples whose inputs are not finite."""
   parts = [f"step {step}: non-finite training step (loss {loss})"]
   for name, finite in (("gradient", grads_finite), ("updated parameter", params_finite)):
     bad = [p for p, ok in zip(param_paths, np.asarray(finite)) if not ok]
-    if bad:
+    if len(bad) == len(param_paths):
+      parts.append(f"all {len(bad)} {name} leaves non-finite")
+    elif bad:
       top = sorted({p.split("']")[0] + "']" for p in bad})
-      parts.append(f"{len(bad)} of {len(param_paths)} {name} leaves non-finite, first {bad[0]} "
+      parts.append(f"{len(bad)} of {len(param_paths)} {name} leaves non-finite, first {', '.join(bad[:3])} "
                    f"(subtrees {', '.join(top)})")
-  if len(parts) == 1:
-    parts.append("all gradients finite: the loss itself overflowed")
-  if indices is not None and np.size(indices):
-    idx = np.asarray(indices).ravel()
+  if np.all(grads_finite) and np.all(params_finite):
+    parts.append("all gradients and updates finite: the loss itself overflowed")
+  batch = batch or {}
+  if "index" in batch and np.size(batch["index"]):
+    idx = np.asarray(batch["index"]).ravel()
     parts.append(f"batch data indices {int(idx.min())}..{int(idx.max())} ({idx.size} examples on this host)")
+    for key in ("image", "text"):
+      x = np.asarray(batch.get(key, np.zeros(0)))
+      if x.size and np.issubdtype(x.dtype, np.floating):
+        rows = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
+        if rows.size:
+          parts.append(f"non-finite {key} in examples {', '.join(str(int(idx[r])) for r in rows[:5])}")
   return "; ".join(parts)

@@ -84,17 +84,17 @@ def init_state(model: two_towers.TwoTowers, tx: optax.GradientTransformation, rn
   return jax.jit(make, out_shardings=shardings)(rng)
 
 
-def _check_step(pending: tuple[int, Any, Any, Any] | None, skipped: int, skip_mode: bool, param_paths: list[str],
-                last_saved: int | None) -> int:
+def _check_step(pending: tuple[int, Any, Any, dict[str, Any]] | None, skipped: int, skip_mode: bool,
+                param_paths: list[str], last_saved: int | None) -> int:
   """Looks at one finished step's health: counts it (skip mode) or raises NonFiniteError; returns the count."""
   if pending is None:
     return skipped
-  step, health, loss, indices = pending
+  step, health, loss, host_batch = pending
   health = jax.device_get(health)
   if health["finite"]:
     return skipped
   report = guards.nonfinite_report(step, float(jax.device_get(loss)), health["grads"], health["params"],
-                                   param_paths, indices)
+                                   param_paths, host_batch)
   if skip_mode:
     print(f"WARNING: {report}; update skipped ({skipped + 1} so far, config.skip_nonfinite_steps)", file=sys.stderr,
           flush=True)
@@ -177,7 +177,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
   first_step, last_save = step, time.monotonic()
   last_saved = restored[0] if restored is not None else None
   skipped = int(run_info.get("skipped_nonfinite", 0))
-  pending = None  # (step, health, loss, data indices) of the newest step: checked once the next is dispatched
+  pending = None  # (step, health, loss, host batch) of the newest step: checked once the next is dispatched
   stop = False
   progress.start(step)
   while step < config.total_steps:
@@ -186,7 +186,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
     state, metrics, health = train_step(state, batch, train_rng)
     step += 1
     skipped = _check_step(pending, skipped, skip_mode, param_paths, last_saved)  # the previous step: done by now
-    pending = (step, health, metrics["train/loss"], host_batch.get("index"))
+    pending = (step, health, metrics["train/loss"], host_batch)
     if step == first_step + 1:  # throughput excludes the compile of the first step
       jax.block_until_ready(metrics)
       progress.start(step)

@@ -44,8 +44,12 @@ def count(counts: np.ndarray, reason: str) -> None:
 class SkipLog:
   """Running totals per reason; warns once per reason the first time it is seen (in this process)."""
 
-  def __init__(self, totals: np.ndarray | None = None):
-    self.totals = zero_counts() if totals is None else np.asarray(totals, np.int64).copy()
+  def __init__(self, totals: dict[str, int] | None = None):
+    """totals: {reason: count} from a saved state (reasons this version does not know are dropped)."""
+    self.totals = zero_counts()
+    for reason, n in (totals or {}).items():
+      if reason in REASONS:
+        self.totals[REASONS.index(reason)] = int(n)
     self._warned = set()
 
   def add(self, counts: np.ndarray, details: dict[str, str] | None = None) -> None:
@@ -61,3 +65,6 @@ class SkipLog:
 
   def metrics(self) -> dict[str, int]:
     return {f"data/skipped/{r}": int(n) for r, n in zip(REASONS, self.totals)}
+
+  def state(self) -> dict[str, int]:
+    return {r: int(n) for r, n in zip(REASONS, self.totals)}

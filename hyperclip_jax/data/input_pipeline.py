@@ -157,7 +157,7 @@ class TrainIterator(grain.DatasetIterator):
   def get_state(self) -> dict[str, Any]:
     state = {"next_step": self._step, "global_batch_size": self._global_batch_size}
     if self._skips is not None:
-      state["skipped"] = self._skips.totals.tolist()
+      state["skipped"] = self._skips.state()
     return state
 
   def set_state(self, state: dict[str, int]) -> None:

@@ -167,11 +167,12 @@ def _allgather_rows(row: np.ndarray, process_count: int) -> list[list[int]] | No
   if jax.process_count() != process_count or process_count == 1:
     return None
   from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(row)).tolist()
+  return np.asarray(multihost_utils.process_allgather(row.astype(np.int32))).tolist()  # jax's default ints
 
 
 class StreamIterator(grain.DatasetIterator):
-  """This host's batches; state = next step, every host's stream positions and skip counts (JSON)."""
+  """This host's batches; state = next step and, per host, a row of stream positions (5 ints per stream) then
+  skip counts (one per `skip_reasons` name): JSON, gathered from every host in multi-host runs."""
 
   def __init__(self, streams: ShardStreams, global_batch_size: int, process_index: int, process_count: int,
                streams_per_host: int, make_ds: Callable[[grain.IterDataset], grain.IterDataset]):
@@ -211,7 +212,8 @@ class StreamIterator(grain.DatasetIterator):
     if rows is None:
       rows = [row.tolist() if k == self._k else None for k in range(self._p)]
     return {"next_step": self._step, "global_batch_size": self._global_batch_size,
-            "process_count": self._p, "streams_per_host": self._s, "hosts": rows}
+            "process_count": self._p, "streams_per_host": self._s, "skip_reasons": list(bad_data.REASONS),
+            "hosts": rows}
 
   def set_state(self, state: dict[str, Any]) -> None:
     if state.get("global_batch_size") != self._global_batch_size:
@@ -232,5 +234,5 @@ class StreamIterator(grain.DatasetIterator):
       self._inner.close()
       self._inner, self._parents = None, ()
     self._positions = [tuple(row[i:i + 5]) for i in range(0, n, 5)]
-    self._skips = bad_data.SkipLog(np.asarray(row[n:], np.int64))
+    self._skips = bad_data.SkipLog(dict(zip(state.get("skip_reasons", bad_data.REASONS), row[n:])))
     self._step = int(state["next_step"])

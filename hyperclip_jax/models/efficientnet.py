@@ -175,19 +175,21 @@ class EfficientNet(nn.Module):
   default_size: int = 224
   min_size: int = 32
   variant: str = "efficientnet"  # timm name, for error messages
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @nn.compact
   def __call__(self, images: Array, train: bool = False) -> Array:
     x, ungrouped = group_images(images, self.min_size, self.variant)  # [G, S, H, W, 3]
     x = ConvBnAct(self.stem_chs, 3, 2, self.norm_mode, self.dtype, name="stem")(x, train)
+    block = nn.remat(MBConvBlock, static_argnums=(2,)) if self.remat else MBConvBlock  # arg 2: train
     for i, stage in enumerate(self.stages):
       for j, spec in enumerate(stage):
-        x = MBConvBlock(spec, self.norm_mode, self.dtype, name=f"blocks_{i}_{j}")(x, train)
+        x = block(spec, self.norm_mode, self.dtype, name=f"blocks_{i}_{j}")(x, train)
     x = ConvBnAct(self.head_chs, 1, 1, self.norm_mode, self.dtype, name="head")(x, train)
     return ungroup(global_avg_pool(x.astype(jnp.float32)), ungrouped)  # [G, S, C] -> [B, C] if ungrouped
 
 
-_OVERRIDES = ("width_mult", "depth_mult", "norm_mode", "dtype", "drop_path_rate", "min_size")
+_OVERRIDES = ("width_mult", "depth_mult", "norm_mode", "dtype", "drop_path_rate", "min_size", "remat")
 
 
 def create(name: str, **overrides: Any) -> EfficientNet:
@@ -210,7 +212,8 @@ def create(name: str, **overrides: Any) -> EfficientNet:
     raise ValueError(f"{name}: norm_mode {norm_mode!r} is unknown; known: {', '.join(NORM_MODES)}")
   stem, stages, head = build_arch(width * width_mult, depth * depth_mult, family, drop_path_rate)
   return EfficientNet(stem, stages, head, norm_mode=norm_mode, dtype=overrides.get("dtype"),
-                      default_size=size, min_size=int(overrides.get("min_size", 32)), variant=name)
+                      default_size=size, min_size=int(overrides.get("min_size", 32)), variant=name,
+                      remat=bool(overrides.get("remat", False)))
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hyperclip_jax.models import layers
 
@@ -101,10 +102,10 @@ def fold(norms: list[_Norm], variables: dict[str, Any]) -> dict[str, Any]:
 
   Raises ValueError for a BatchNorm whose input is not a conv output (nothing to fold it into).
   """
-  params = _copy(jax.device_get(variables["params"]))
-  stats = variables.get("batch_stats") or {}
-  generated = variables.get(layers.GENERATED)
-  folded = _copy(params)
+  params = jax.device_get(variables["params"])
+  stats = jax.device_get(variables.get("batch_stats") or {})
+  generated = jax.device_get(variables.get(layers.GENERATED))
+  folded = _copy(params)  # new dicts, same leaves: the caller's tree is never modified
   for norm in norms:
     scale, bias = _effective_affine(norm, params, generated)
     if norm.kind == "layer":
@@ -114,7 +115,7 @@ def fold(norms: list[_Norm], variables: dict[str, Any]) -> dict[str, Any]:
       raise ValueError(f"fold: BatchNorm {'/'.join(norm.path)} does not follow a convolution; it cannot be "
                        "folded (keep a conv directly before every BatchNorm)")
     s = _get(stats, norm.path)
-    a = scale * jax.lax.rsqrt(s["var"] + norm.epsilon)  # [C]
+    a = scale / np.sqrt(s["var"] + norm.epsilon)  # [C]
     b = bias - s["mean"] * a
     conv = _get(folded, norm.conv)
     conv_bias = conv["bias"] * a if norm.conv_has_bias else 0.0

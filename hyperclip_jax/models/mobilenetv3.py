@@ -169,6 +169,7 @@ class MobileNetV3(nn.Module):
   drop_path_rate: float = 0.0
   default_size: int = 224
   min_size: int = 32
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @nn.compact
   def __call__(self, images: Array, train: bool = False) -> Array:
@@ -186,10 +187,11 @@ class MobileNetV3(nn.Module):
     x = Conv(stem, 3, 2, dtype=self.dtype, name="conv_stem")(x)
     x = jax.nn.hard_swish(ConditionedNorm("batch", self.norm_mode, dtype=self.dtype, name="bn1")(x, train))
     idx = 0
+    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # arg 2: train
     for i, stage in enumerate(stages):
       for j, spec in enumerate(stage):
         # timm: drop-path rate grows linearly with the global block index (over all blocks, head conv too)
-        x = Block(spec, self.drop_path_rate * idx / total, self.norm_mode, self.dtype, name=f"blocks_{i}_{j}")(
+        x = block(spec, self.drop_path_rate * idx / total, self.norm_mode, self.dtype, name=f"blocks_{i}_{j}")(
             x, train)
         idx += 1
 
@@ -201,8 +203,9 @@ class MobileNetV3(nn.Module):
 
 def _factory(variant: str) -> Callable[..., nn.Module]:
   def make(width_mult: float = 1.0, depth_mult: float = 1.0, norm_mode: str = "residual", dtype: Any = None,
-           drop_path_rate: float = 0.0, head_features: int | None = None) -> MobileNetV3:
-    return MobileNetV3(variant, width_mult, depth_mult, head_features, norm_mode, dtype, drop_path_rate)
+           drop_path_rate: float = 0.0, head_features: int | None = None, remat: bool = False) -> MobileNetV3:
+    return MobileNetV3(variant, width_mult, depth_mult, head_features, norm_mode, dtype, drop_path_rate,
+                       remat=remat)
   make.__doc__ = f"timm's mobilenetv3_{variant}_100 (width_mult/depth_mult give scaled variants)."
   return make
 

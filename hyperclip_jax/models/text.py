@@ -105,6 +105,7 @@ class TextTransformer(nn.Module):
   out_dim: int | None = None
   pad_id: int = 0
   dtype: Dtype | None = None
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @nn.compact
   def __call__(self, tokens: Array, train: bool = False) -> Array:
@@ -129,8 +130,9 @@ class TextTransformer(nn.Module):
     mask = key_mask[:, None, None, :]  # [B, 1, Lq=1, Lk]
     if self.causal:
       mask = mask & jnp.tril(jnp.ones((l, l), bool))[None, None]  # [B, 1, L, L]
+    block = nn.remat(EncoderBlock) if self.remat else EncoderBlock
     for i in range(self.depth):
-      x = EncoderBlock(self.heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(x, mask)
+      x = block(self.heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(x, mask)
     x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)  # [B, L, W]
 
     if self.pool == "eot":

@@ -148,14 +148,16 @@ def build_model(config: ml_collections.ConfigDict) -> TwoTowers:
   """Builds the two-tower model from config.model (+ data.image_size, data.max_len)."""
   m = config.model
   img_kw = {k: v for k, v in m.image.to_dict().items() if k != "name"}
-  encoder = models.build_image_encoder(m.image.name, dtype=jnp.dtype(m.dtype), **img_kw)
+  remat = bool(m.get("remat", False))  # per block, in both towers: less activation memory, more compute
+  encoder = models.build_image_encoder(m.image.name, dtype=jnp.dtype(m.dtype), remat=remat, **img_kw)
   image = ImageTower(encoder=encoder, embed_dim=m.embed_dim)
   text_kw = m.text.to_dict()
   preset = text_kw.pop("preset", None)
   tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   text_kw.setdefault("pad_id", tokenizer.pad_id)  # the tower masks exactly the tokenizer's padding
   text = text_lib.build_text_tower(preset, out_dim=m.embed_dim, max_len=config.data.max_len,
-                                   vocab_size=tokenizer.vocab_size, dtype=jnp.dtype(m.dtype), **text_kw)
+                                   vocab_size=tokenizer.vocab_size, dtype=jnp.dtype(m.dtype), remat=remat,
+                                   **text_kw)
   tt = TwoTowers(variant=m.variant, image=image, text=text, hyper=None, set_size=m.hyper.set_size,
                  image_size=config.data.image_size, max_len=config.data.max_len,
                  t_init=m.t_init, b_init=m.b_init)

@@ -92,6 +92,7 @@ class VisionTransformer(nn.Module):
   dtype: Any = None
   drop_path_rate: float = 0.0
   default_size: int = 224  # native resolution: the position embeddings' grid is default_size / patch_size
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @property
   def min_size(self) -> int:
@@ -124,9 +125,10 @@ class VisionTransformer(nn.Module):
     cls = jnp.broadcast_to(cls.astype(x.dtype), (g, s, 1, d))
     x = jnp.concatenate([cls, x], axis=2) + pos.astype(x.dtype)  # [G, S, 1 + N, D]
 
+    block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock  # arg 2: train
     for i in range(self.depth):
       rate = self.drop_path_rate * i / max(self.depth - 1, 1)  # timm: linspace(0, rate, depth)
-      x = EncoderBlock(self.heads, self.mlp_dim, rate, self.norm_mode, self.dtype, name=f"blocks_{i}")(x, train)
+      x = block(self.heads, self.mlp_dim, rate, self.norm_mode, self.dtype, name=f"blocks_{i}")(x, train)
     x = ConditionedNorm("layer", self.norm_mode, epsilon=1e-6, dtype=self.dtype, name="norm")(x)
     return ungroup(x[..., 0, :].astype(jnp.float32), ungrouped)  # [B, D] or [G, S, D]
 
@@ -144,7 +146,7 @@ def _factory(name: str) -> Callable[..., nn.Module]:
   def make(width_mult: float = 1.0, depth_mult: float = 1.0, norm_mode: str = "residual", dtype: Any = None,
            drop_path_rate: float = 0.0, *, width: int | None = None, depth: int | None = None,
            heads: int | None = None, mlp_dim: int | None = None, patch_size: int = 16,
-           image_size: int = 224) -> VisionTransformer:
+           image_size: int = 224, remat: bool = False) -> VisionTransformer:
     """width_mult scales the number of heads at a fixed head dim (64); explicit width/heads/... win."""
     if width_mult <= 0 or depth_mult <= 0:
       raise ValueError(f"{name}: width_mult and depth_mult must be > 0; got {width_mult}, {depth_mult}")
@@ -153,7 +155,7 @@ def _factory(name: str) -> Callable[..., nn.Module]:
     width = width or heads * head_dim
     depth = depth or max(1, int(math.ceil(base_depth * depth_mult)))
     return VisionTransformer(width, depth, heads, mlp_dim or 4 * width, patch_size, norm_mode, dtype,
-                             drop_path_rate, image_size)
+                             drop_path_rate, image_size, remat=remat)
   make.__doc__ = f"timm's {name}; overrides give scaled or tiny variants."
   return make
 

@@ -66,30 +66,34 @@ def test_objects_are_drawn_in_their_stated_quadrant():
   assert checked >= 10
 
 
-def test_contrast_pairs_differ_in_exactly_one_named_attribute():
-  source = DemoSource(32, seed=0, two_objects_prob=0.0, contrast_pair_prob=1.0)
+def test_contrast_sets_differ_from_their_first_scene_in_one_named_attribute():
+  source = DemoSource(32, seed=0, two_objects_prob=0.0, contrast_prob=1.0, contrast_group=4)
   changed = {a: 0 for a in demo.ATTRIBUTES}
-  for i in range(1, 400, 2):
-    (_, base), (_, partner) = source.sample(i - 1), source.sample(i)
-    a, b = base.objects[0], partner.objects[0]
+  for i in range(300):
+    if i % 4 == 0:
+      continue
+    (_, base), (_, variant) = source.sample(i - i % 4), source.sample(i)
+    a, b = base.objects[0], variant.objects[0]
     diff = [attr for attr in demo.ATTRIBUTES if getattr(a, attr) != getattr(b, attr)]
-    assert len(diff) == 1, (base, partner)
+    assert len(diff) == 1, (base, variant)
     changed[diff[0]] += 1
     assert diff[0] in b.mentioned and (b.colour, b.shape) in demo.SEEN_PAIRS
     if not (diff[0] == "texture" and b.texture == "solid"):
-      assert demo.caption_mentions(partner.caption, diff[0], getattr(b, diff[0])), partner
+      assert demo.caption_mentions(variant.caption, diff[0], getattr(b, diff[0])), variant
   assert min(changed.values()) > 0 and changed["shape"] > changed["size"]  # shape/texture weighted x2
+  with pytest.raises(ValueError, match="contrast_group"):
+    DemoSource(32, contrast_group=1)
 
 
-def test_contrast_pairs_off_leave_the_stream_unchanged():
-  plain, off = DemoSource(32, seed=5), DemoSource(32, seed=5, contrast_pair_prob=0.0)
-  on = DemoSource(32, seed=5, contrast_pair_prob=0.5)
+def test_contrast_sets_off_leave_the_stream_unchanged():
+  plain, off = DemoSource(32, seed=5), DemoSource(32, seed=5, contrast_prob=0.0)
+  on = DemoSource(32, seed=5, contrast_prob=0.5)
   for i in range(12):
     np.testing.assert_array_equal(plain[i]["image"], off[i]["image"])
   assert plain[0]["caption"] == on[0]["caption"]  # even positions are never partners
   assert sum(plain[i]["caption"] != on[i]["caption"] for i in range(1, 40, 2)) >= 5
-  with pytest.raises(ValueError, match="contrast_pair_prob"):
-    DemoSource(32, contrast_pair_prob=-0.1)
+  with pytest.raises(ValueError, match="contrast_prob"):
+    DemoSource(32, contrast_prob=-0.1)
 
 
 def test_heldout_pairs_never_occur_in_training_stream():

@@ -156,3 +156,22 @@ def test_json_captions(shards):
   it = input_pipeline.make_train_iterator(_config(pattern, caption_key="json:caption", streams_per_host=1,
                                                   shuffle=False), TOK, 3, seed=0)
   assert _ids(next(it)) == [0, 1, 2]
+
+
+def test_each_host_resumes_its_own_streams_from_the_gathered_state(shards):
+  pattern = shards(8, 3)
+  its = [input_pipeline.make_train_iterator(_config(pattern), TOK, 4, seed=1, process_index=k, process_count=2)
+         for k in range(2)]
+  for it in its:
+    _take(it, 3)
+  states = [it.get_state() for it in its]  # simulated hosts: each knows its own row
+  gathered = dict(states[0], hosts=[states[0]["hosts"][0], states[1]["hosts"][1]])  # what allgather gives
+  expected = [_take(it, 2) for it in its]
+  for k in range(2):
+    restored = input_pipeline.make_train_iterator(_config(pattern), TOK, 4, seed=1, process_index=k,
+                                                  process_count=2)
+    restored.set_state(gathered)
+    assert [_ids(b) for b in _take(restored, 2)] == [_ids(b) for b in expected[k]]
+  with pytest.raises(ValueError, match="no stream positions for host 1"):
+    input_pipeline.make_train_iterator(_config(pattern), TOK, 4, seed=1, process_index=1,
+                                       process_count=2).set_state(states[0])

@@ -6,6 +6,8 @@ import pytest
 
 from hyperclip_jax import evaluate
 
+DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.py")
+
 
 def test_eval_reproduces_the_trainers_final_zero_shot_results(trained_run, capsys):
   assert evaluate.main(["--workdir", trained_run]) == 0
@@ -26,6 +28,6 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
   assert evaluate.main(["--workdir", str(tmp_path)]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "has no config.json" in err
-  assert evaluate.main(["--workdir", str(tmp_path), "--config", "configs/demo.py:tiny=true",
+  assert evaluate.main(["--workdir", str(tmp_path), "--config", f"{DEMO}:tiny=true",
                         "--config.evals.zeroshot.tasks=imagenet"]) == 2
   assert "config.evals.zeroshot.tasks='imagenet' is unknown" in capsys.readouterr().err

@@ -28,6 +28,15 @@ def tiny_config(variant="hyperclip", **overrides):
   return config
 
 
+# A two-block ViT: the fastest hyperclip model to compile (generated LayerNorm params); sharding, multi-process
+# and restore are model-agnostic. Tests of BatchNorm semantics keep the tiny EfficientNet.
+FAST = {"model.image.name": "vit_tiny_patch16_224", "model.image.width_mult": 0.34, "model.image.depth_mult": 0.1}
+
+
+def fast_config(variant="hyperclip", **overrides):
+  return tiny_config(variant, **{**FAST, **overrides})
+
+
 def fixed_batch(config, seed=0):
   rng = np.random.default_rng(seed)
   b, s = config.batch_size, config.data.image_size
@@ -69,3 +78,33 @@ def assert_trees_close(got, want, rtol=1e-4, atol=1e-6):
   for (path, g), w in zip(flat_got, flat_want):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol, atol=atol,
                                err_msg=jax.tree_util.keystr(path))
+
+
+def abstract_state(config, mesh):
+  """The train state's ShapeDtypeStructs, placed on `mesh` by the partition rules: a restore target."""
+  model = two_towers.build_model(config)
+  rng = jax.random.PRNGKey(config.seed)
+  tx, _ = optim.make_optimizer(config.optim, config.total_steps, jax.eval_shape(model.init, rng)["params"])
+
+  def make(rng):
+    variables = model.init(rng)
+    return {"step": jax.numpy.zeros((), jax.numpy.int32), "params": variables["params"],
+            "opt_state": tx.init(variables["params"]), "batch_stats": variables["batch_stats"]}
+
+  shapes = jax.eval_shape(make, rng)
+  shardings = sharding.state_shardings(shapes, config.mesh.param_rules, mesh)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def restore_params(config, workdir, step, mesh):
+  from hyperclip_jax import checkpoint as ckpt_lib
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  try:
+    state, _ = checkpointer.restore(step, abstract_state(config, mesh))
+  finally:
+    checkpointer.close()
+  return jax.device_get(state["params"])
+
+
+def cli_overrides(overrides):
+  return [f"--config.{k}={v}" for k, v in overrides.items()]

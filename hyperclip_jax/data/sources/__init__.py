@@ -16,7 +16,8 @@ def _demo(config_data: Any, seed: int) -> DemoSource:
       image_size=config_data.get("image_size", 64), seed=seed,
       two_objects_prob=config_data.get("two_objects_prob", 0.3),
       partial_caption_prob=config_data.get("partial_caption_prob", 0.2),
-      contrast_pair_prob=config_data.get("contrast_pair_prob", 0.0))
+      contrast_prob=config_data.get("contrast_prob", 0.0),
+      contrast_group=config_data.get("contrast_group", 2))
 
 
 def _manifest(config_data: Any, seed: int) -> Any:

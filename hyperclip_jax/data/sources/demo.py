@@ -175,9 +175,10 @@ class DemoSource:
 
   def __init__(self, image_size: int = 64, seed: int = 0, two_objects_prob: float = 0.3,
                partial_caption_prob: float = 0.2, stream: int = _TRAIN_STREAM,
-               pairs: Sequence[tuple[str, str]] = SEEN_PAIRS, contrast_pair_prob: float = 0.0):
+               pairs: Sequence[tuple[str, str]] = SEEN_PAIRS, contrast_prob: float = 0.0,
+               contrast_group: int = 2):
     for name, p in (("two_objects_prob", two_objects_prob), ("partial_caption_prob", partial_caption_prob),
-                    ("contrast_pair_prob", contrast_pair_prob)):
+                    ("contrast_prob", contrast_prob)):
       if not 0.0 <= p <= 1.0:
         raise ValueError(f"demo {name}={p} must be a probability in [0, 1]")
     if seed < 0 or stream < 0:
@@ -188,7 +189,9 @@ class DemoSource:
     self.two_objects_prob = two_objects_prob
     self.partial_caption_prob = partial_caption_prob
     self.pairs = tuple(pairs)
-    self.contrast_pair_prob = contrast_pair_prob
+    if not isinstance(contrast_group, int) or contrast_group < 2:
+      raise ValueError(f"demo contrast_group={contrast_group!r} must be an int >= 2 (scenes per contrast set)")
+    self.contrast_prob, self.contrast_group = contrast_prob, contrast_group
 
   def __len__(self) -> int:
     return 2**62  # infinite in practice; grain needs a length
@@ -204,9 +207,12 @@ class DemoSource:
     """The index-th image and its scene. `fixed` pins attributes of a single object (eval tasks)."""
     rng = self.rng(index)
     objects = self._scene_objects(rng, fixed)
-    if (self.contrast_pair_prob and not fixed and index % 2 == 1 and len(objects) == 1
-        and rng.random() < self.contrast_pair_prob):  # (no draw at all when off: the stream is unchanged)
-      objects = (self._contrast(rng, self._scene_objects(self.rng(index - 1), {})[0]),)
+    base = index - index % self.contrast_group
+    if (self.contrast_prob and not fixed and index != base and len(objects) == 1
+        and rng.random() < self.contrast_prob):  # (no draw at all when off: the stream is unchanged)
+      base_objects = self._scene_objects(self.rng(base), {})
+      if len(base_objects) == 1:
+        objects = (self._contrast(rng, base_objects[0]),)
     caption = self._caption(rng, objects)
     return self._render(rng, objects), Scene(objects, caption)
 
@@ -217,9 +223,11 @@ class DemoSource:
   def _contrast(self, rng: np.random.Generator, base: DemoObject) -> DemoObject:
     """base with one attribute changed (shape or texture twice as often as the others), and named.
 
-    Odd stream positions may be such a contrast partner of the even position before them, so a batch holds
-    pairs of captions that differ in a single attribute: in-batch negatives that only that attribute tells
-    apart, the contrastive signal for shape and texture that random batches almost never give.
+    Stream positions come in contrast sets of `contrast_group` consecutive scenes: the first is drawn as usual,
+    each other one is (with probability contrast_prob) a variant of it with one attribute changed. A batch then
+    holds captions that differ in one or two attributes: in-batch negatives that only shape or texture tell
+    apart, a signal random batches almost never give (there, colour, position and size separate nearly every
+    negative, and a contrastive model learns those first and shape not at all: feature suppression).
     """
     for _ in range(16):  # the changed (colour, shape) pair must be one this source draws from
       attr = _pick(rng, ("shape", "shape", "texture", "texture", "colour", "size", "position"))
