@@ -44,9 +44,11 @@ def _random_leaf(rng, path, s):
   return ((leaf == "scale") + 0.1 * rng.normal(size=s.shape)).astype(s.dtype)
 
 
-def make_run(workdir, variant="hyperclip", encoder="efficientnet_b0", seed=0):
+def make_run(workdir, variant="hyperclip", encoder="efficientnet_b0", seed=0, **overrides):
   """A workdir as hyperclip-train leaves it (config.json, checkpoints/3) holding random weights."""
   config = tiny_config(variant, encoder)
+  for key, value in overrides.items():
+    config_lib.apply_override(config, key, str(value))
   model = two_towers.build_model(config)
   rng = jax.random.PRNGKey(0)
   tx, _ = optim.make_optimizer(config.optim, config.total_steps, jax.eval_shape(model.init, rng)["params"])

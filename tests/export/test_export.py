@@ -68,6 +68,12 @@ def test_export_matches_unfolded_logits(tmp_path, variant, encoder):
   _compare(workdir, tmp_path / "clf")
 
 
+def test_export_of_a_remat_run_matches(tmp_path):
+  workdir = make_run(tmp_path / "run", **{"model.remat": True})  # remat is a training-memory option only
+  _export(workdir, tmp_path / "clf", "demo:colour")
+  _compare(workdir, tmp_path / "clf")
+
+
 def test_export_directory_holds_folded_params_classes_and_manifest(tmp_path):
   workdir = make_run(tmp_path / "run")
   out = tmp_path / "clf"

@@ -3,6 +3,7 @@
 Every run is the same 12-step tiny demo config (checkpoints at steps 4, 8, 12, no time-based saves), so the
 compiled train step comes from JAX's persistent cache after the first run.
 """
+import fcntl
 import json
 import os
 import subprocess
@@ -54,3 +55,16 @@ def error_line(stderr):
   lines = [l for l in stderr.splitlines() if l.startswith("hyperclip-train:")]
   assert len(lines) == 1, stderr[-2000:]
   return lines[0]
+
+
+def shared_once(tmp_path_factory, name, make):
+  """make(folder) -> JSON-able result, run once per pytest run even across xdist workers (the others wait)."""
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' base temps share this run's parent directory
+    shared = shared.parent
+  folder, result = shared / name, shared / f"{name}.json"
+  with open(shared / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not result.exists():
+      result.write_text(json.dumps(make(folder)))
+  return json.loads(result.read_text())

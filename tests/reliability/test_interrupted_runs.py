@@ -5,15 +5,20 @@ import signal
 import time
 
 import pytest
-
-from harness import complete_steps, error_line, last_metrics, partial_dirs, popen, run
+from harness import complete_steps, error_line, last_metrics, partial_dirs, popen, run, shared_once
 
 KILL_POINTS = ("after_create", "before_rename", "after_rename")  # of the step-8 checkpoint
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("chain") / "run")
+  """(workdir, what each run did); the chain runs once even when xdist spreads these tests over workers."""
+  return shared_once(tmp_path_factory, "reliability_chain", _run_chain)
+
+
+def _run_chain(folder):
+  os.makedirs(folder)
+  workdir = str(folder / "run")
   seen = {}
   for point in KILL_POINTS:  # each run resumes from what the previous one left, then dies saving step 8
     proc = run(workdir, fault=f"kill_save:8:{point}")
@@ -33,7 +38,7 @@ def chain(tmp_path_factory):
 
   final = run(workdir)
   seen["final"] = {"rc": final.returncode, "stderr": final.stderr, "partial": partial_dirs(workdir)}
-  return workdir, seen
+  return [workdir, seen]
 
 
 def test_kill_during_checkpoint_write_resumes_from_newest_complete(chain):
