@@ -50,4 +50,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   if arg.source == "manifest":
     c.data.caption_key = "caption"
+  # Evaluators (README "Evaluators"; keys in hyperclip_jax/evaluators/__init__.py): the demo zero-shot tasks
+  # stay; add your own, e.g. on prepared TFDS splits (`tfds build cifar100`) or a labelled manifest:
+  # c.evals.zeroshot_cifar100 = dict(type="zeroshot", data=dict(name="tfds", dataset="cifar100", split="test"),
+  #                                  classes="cifar100", templates="cifar", pp="resize(32)|value_range(-1, 1)",
+  #                                  n_eval=0, batch_size=256)      # -> zeroshot/cifar100/top1, .../top5
+  # c.evals.zeroshot_mine = dict(type="zeroshot", data=dict(name="manifest", manifest="/data/val.jsonl"),
+  #                              classes="/data/classes.txt")      # rows {"image": "a.jpg", "label": "cat"}
+  # c.evals.retrieval_coco = dict(type="retrieval", num_pairs=5000,
+  #                               data=dict(name="tfds", dataset="coco_captions", split="val"))
+  # c.evals.linear_probe_cifar10 = dict(type="linear_probe", train_data=dict(split="train"), n_train=10000,
+  #                                     data=dict(name="tfds", dataset="cifar10", split="test"), n_eval=10000)
+  # c.eval_every_steps = 1000
   return c

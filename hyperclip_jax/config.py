@@ -136,8 +136,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"{num_devices} devices; use a batch_size that is a multiple of {num_devices * s}")
   if config.data.image_size < 32:
     raise ConfigError(f"config.data.image_size={config.data.image_size} is below the encoders' minimum of 32")
-  for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "evals.zeroshot.n_eval",
-              "evals.zeroshot.batch_size"):
+  for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     value = config
     for k in key.split("."):
       value = value[k]
@@ -152,6 +151,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f"config.skip_nonfinite_steps={config.skip_nonfinite_steps!r} must be true or false")
   if m.dtype not in DTYPES:
     raise ConfigError(f"config.model.dtype={m.dtype!r} is unknown; known: {', '.join(DTYPES)}")
+  from hyperclip_jax import evaluators  # late: evaluators import jax
+  evaluators.validate(config)  # config.evals: types, keys, data specs (no data is opened)
   _validate_scale_out(config, num_devices, groups)
   _check_text_pooling(config)
   if config.optim.schedule.warmup_steps > config.total_steps:
@@ -161,14 +162,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 
 def _validate_scale_out(config: ml_collections.ConfigDict, num_devices: int, groups: int) -> None:
-  """Loss chunking, gradient accumulation, remat, partition rules and the distributed setup."""
-  if not isinstance(config.loss.chunked, bool):
-    raise ConfigError(f"config.loss.chunked={config.loss.chunked!r} must be true or false")
-  if config.loss.chunked and config.loss.name != "sigmoid":
+  """Loss chunking, gradient accumulation, remat, partition rules and the distributed setup.
+
+  Each key is optional here (a run's config.json from before these keys existed still validates).
+  """
+  chunked = config.loss.get("chunked", False)
+  if not isinstance(chunked, bool):
+    raise ConfigError(f"config.loss.chunked={chunked!r} must be true or false")
+  if chunked and config.loss.name != "sigmoid":
     raise ConfigError(f"config.loss.chunked=true needs config.loss.name='sigmoid', got {config.loss.name!r}")
-  if not isinstance(config.model.remat, bool):
-    raise ConfigError(f"config.model.remat={config.model.remat!r} must be true or false")
-  k = config.accum_steps
+  remat = config.model.get("remat", False)
+  if not isinstance(remat, bool):
+    raise ConfigError(f"config.model.remat={remat!r} must be true or false")
+  k = config.get("accum_steps", 1)
   if k < 1:
     raise ConfigError(f"config.accum_steps={k} must be at least 1")
   if groups % (num_devices * k):
@@ -177,12 +183,13 @@ def _validate_scale_out(config: ml_collections.ConfigDict, num_devices: int, gro
         f"config.accum_steps={k}: config.batch_size={config.batch_size} does not split into {k} micro-batches "
         f"of whole set_size={s} groups on {num_devices} devices; use a batch_size that is a multiple of "
         f"{num_devices * k * s}")
-  for i, rule in enumerate(config.mesh.param_rules):
+  for i, rule in enumerate(config.mesh.get("param_rules", [])):
     if not isinstance(rule, (list, tuple)) or len(rule) != 2 or rule[1] not in ("replicated", "fsdp"):
       raise ConfigError(
           f"config.mesh.param_rules[{i}]={rule!r} must be a (regex, 'replicated' | 'fsdp') pair")
-  if config.distributed.mode not in ("auto", "on", "off"):
-    raise ConfigError(f"config.distributed.mode={config.distributed.mode!r} is unknown; known: auto, on, off")
+  mode = (config.get("distributed") or {}).get("mode", "auto")
+  if mode not in ("auto", "on", "off"):
+    raise ConfigError(f"config.distributed.mode={mode!r} is unknown; known: auto, on, off")
 
 
 def _check_text_pooling(config: ml_collections.ConfigDict) -> None:

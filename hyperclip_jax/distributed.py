@@ -57,3 +57,32 @@ def initialize(dist_cfg: Any) -> bool:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
   jax.distributed.initialize(**kwargs)
   return True
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+  """Waits until every process reaches `name` (through the coordination service; no-op in one process).
+
+  Gloo gives processes only 30 s to meet at their first collective; a barrier with a long timeout keeps
+  uneven start-up or compile times (a loaded host) from failing the run. jax has no public barrier of this
+  kind, so this uses the distributed client directly.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # no public equivalent in jax 0.10
+  jax_distributed.global_state.client.wait_at_barrier(f"hyperclip_{name}", timeout_s * 1000)
+
+
+def compile_then_meet(fn: Any, name: str) -> Any:
+  """Wraps a jitted step: in several processes the first call compiles ahead of time, waits at a barrier,
+  and every call then runs the compiled program; one process: `fn` itself."""
+  if jax.process_count() == 1:
+    return fn
+  compiled = []
+
+  def call(*args):
+    if not compiled:
+      compiled.append(fn.lower(*args).compile())
+      barrier(name)
+    return compiled[0](*args)
+
+  return call

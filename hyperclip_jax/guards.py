@@ -17,6 +17,7 @@ import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -119,7 +120,6 @@ class PreemptionWatch:
 
 def leaf_finite(tree: Any) -> jax.Array:
   """bool [n_leaves]: whether every element of each leaf is finite (inside jit; tree-leaf order)."""
-  import jax.numpy as jnp
   leaves = jax.tree.leaves(tree)
   return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]) if leaves else jnp.ones((0,), bool)
 

@@ -168,6 +168,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
                             accum_steps=config.accum_steps, guard_nonfinite=True)
   train_step = jax.jit(step_fn, donate_argnums=(0,),
                        out_shardings=(jax.tree.map(lambda x: x.sharding, state), repl, repl))
+  train_step = distributed.compile_then_meet(train_step, "train_step")  # processes meet before the 1st step
   param_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state["params"])]
   skip_mode = config.get("skip_nonfinite_steps", False)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)

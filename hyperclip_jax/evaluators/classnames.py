@@ -6,6 +6,9 @@
   demo:TASK   a procedural demo task (demo_tasks()), with its own templates
   FILE        UTF-8, one class name per line; templates default to the single 'a photo of a {}.'
 
+Template lists on their own (`templates(spec)`, config.evals templates=...): imagenet1k, cifar, default (the
+single 'a photo of a {}.'), or a FILE with one template per line.
+
 The lists live in evaluators/data/ (see its README for their sources) and ship with the package.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ SHIPPED = {
     "cifar10": ("cifar10_classes.txt", "cifar_templates.txt"),
 }
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+TEMPLATES = {"imagenet1k": "imagenet1k_templates.txt", "cifar": "cifar_templates.txt"}
 
 
 class ClassListError(ValueError):
@@ -93,6 +97,18 @@ def resolve(spec: str, templates_file: str | None = None) -> tuple[list[str], li
   return names, templates
 
 
+def templates(spec: str) -> list[str]:
+  """A template list: imagenet1k, cifar, default, or a file with one template (one '{}') per line."""
+  if spec == "default":
+    return list(DEFAULT_TEMPLATES)
+  if spec in TEMPLATES:
+    return read_templates(os.path.join(_DATA, TEMPLATES[spec]))
+  if os.path.isfile(spec):
+    return read_templates(spec)
+  raise ClassListError(f"templates {spec!r} is neither a file nor a known list; known: "
+                       f"{', '.join([*TEMPLATES, 'default'])}, or a file with one template per line")
+
+
 def shipped(name: str) -> tuple[list[str], list[str]]:
   """The (class names, templates) of a shipped list: imagenet1k, cifar100 or cifar10."""
   if name not in SHIPPED:
@@ -100,5 +116,5 @@ def shipped(name: str) -> tuple[list[str], list[str]]:
   return resolve(name)
 
 
-__all__: Sequence[str] = ("ClassListError", "DEFAULT_TEMPLATES", "SHIPPED", "read_classes", "read_templates",
-                          "resolve", "shipped")
+__all__: Sequence[str] = ("ClassListError", "DEFAULT_TEMPLATES", "SHIPPED", "TEMPLATES", "read_classes",
+                          "read_templates", "resolve", "shipped", "templates")

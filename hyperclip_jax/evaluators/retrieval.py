@@ -39,6 +39,7 @@ class RetrievalEvaluator:
   def __init__(self, model: two_towers.TwoTowers, tokenizer: Any, max_len: int,
                datasets: dict[str, Callable[[], Iterable[tuple[np.ndarray, str]]]], num_pairs: int,
                groups_per_batch: int = 8):
+    """datasets: name -> () -> iterable of (image f32 [H, W, 3] in [-1, 1], caption)."""
     self.model, self.tokenizer, self.max_len = model, tokenizer, max_len
     self.datasets, self.groups_per_batch = datasets, groups_per_batch
     self.num_pairs = num_pairs - num_pairs % model.set_size
@@ -64,7 +65,7 @@ class RetrievalEvaluator:
     s = self.model.set_size
     tokens = self.tokenizer.encode(captions, self.max_len)
     ztxt = np.asarray(self._encode_text(params, jnp.asarray(tokens)))  # [N, D]
-    x = np.stack(images).astype(np.float32) * np.float32(2 / 255) - np.float32(1)  # value_range(-1, 1)
+    x = np.stack(images).astype(np.float32)  # [N, H, W, 3] in [-1, 1]
     x = x.reshape((-1, s) + x.shape[1:])  # [G, S, H, W, 3]
     zt = ztxt.reshape(-1, s, ztxt.shape[-1])
     step = self.groups_per_batch
@@ -82,13 +83,14 @@ class RetrievalEvaluator:
 
 def demo_pairs(image_size: int, seed: int = 12345, stream: int = 100) -> Callable[[], Iterable[tuple[Any, str]]]:
   """Held-out demo (image, caption) pairs: another seed and stream than training, every caption complete."""
-  from hyperclip_jax.data.sources import demo  # late: only the demo needs the renderer
+  from hyperclip_jax.data import input_pipeline  # late: only the demo needs the renderer
+  from hyperclip_jax.data.sources import demo
 
   def pairs():
     source = demo.DemoSource(image_size, seed, two_objects_prob=0.0, partial_caption_prob=0.0, stream=stream)
     i = 0
     while True:
       example = source[i]
-      yield example["image"], example["caption"]
+      yield input_pipeline.to_model_image(example["image"]), example["caption"]
       i += 1
   return pairs

@@ -29,5 +29,5 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "has no config.json" in err
   assert evaluate.main(["--workdir", str(tmp_path), "--config", f"{DEMO}:tiny=true",
-                        "--config.evals.zeroshot.tasks=imagenet"]) == 2
-  assert "config.evals.zeroshot.tasks='imagenet' is unknown" in capsys.readouterr().err
+                        "--config.evals.zeroshot.tasks=imagenet21k"]) == 2
+  assert "config.evals.zeroshot.tasks='imagenet21k' is unknown" in capsys.readouterr().err

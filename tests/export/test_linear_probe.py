@@ -25,6 +25,6 @@ def test_eval_cli_adds_linear_probe_metrics(trained_run, capsys):
   assert "linear probe colour: top1" in capsys.readouterr().out
   with open(os.path.join(trained_run, "eval", "step_2.json")) as f:
     saved = json.load(f)
-  probe = saved["linear_probe"]
-  assert len(probe) == 7 and all(r["num_train"] == 48 and r["num_test"] == 32 for r in probe.values())
-  assert all(0.0 <= saved["metrics"][f"linear_probe/{t}/top1"] <= 1.0 for t in probe)
+  probe = {k: r for k, r in saved["results"].items() if k.startswith("linear_probe/")}
+  assert len(probe) == 7 and all(r["num_train"] == 48 and r["num_test"] == 48 for r in probe.values())
+  assert all(0.0 <= saved["metrics"][f"{key}/top1"] <= 1.0 for key in probe)

@@ -32,4 +32,4 @@ def test_eval_cli_adds_retrieval_metrics(trained_run, capsys):
   for d in ("i2t", "t2i"):
     r1, r5, r10 = (m[f"retrieval/demo/{d}_r{k}"] for k in (1, 5, 10))
     assert 0.0 <= r1 <= r5 <= r10 <= 1.0 and r10 >= 10 / 16  # ties favour the model: at least chance
-  assert saved["retrieval"]["demo"]["num_pairs"] == 16
+  assert saved["results"]["retrieval/demo"]["num_pairs"] == 16
