@@ -40,14 +40,17 @@ State = dict[str, Any]
 
 def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformation, loss_name: str,
                     schedule: Callable[[Any], Any], *, mesh: jax.sharding.Mesh | None = None,
-                    chunked_loss: bool = False, accum_steps: int = 1, guard_nonfinite: bool = False
-                    ) -> Callable[[State, dict[str, jax.Array], jax.Array], tuple[State, dict[str, jax.Array]]]:
+                    chunked_loss: bool = False, accum_steps: int = 1, guard_nonfinite: bool = False,
+                    keep_on_nonfinite: bool = False) -> Callable[[State, dict[str, jax.Array], jax.Array], tuple[State, dict[str, jax.Array]]]:
   """The pure train step: forward all three parts, loss over all B x B pairs, one optax update.
 
   chunked_loss: the ring form of the sigmoid loss over `mesh`; accum_steps > 1: GradCache micro-batches
-  (same loss and gradients as the full batch, see accumulate.py). guard_nonfinite: a step whose loss, gradients
-  or updated params are not all finite leaves the state as it was (but for `step`), and the step returns a
-  third value, {'finite': bool, 'grads': bool [n_params], 'params': bool [n_params]}, per leaf in tree order.
+  (same loss and gradients as the full batch, see accumulate.py). guard_nonfinite: the step returns a third
+  value, {'finite': bool, 'grads': bool [n_params], 'params': bool [n_params]} (per leaf in tree order), telling
+  whether loss, gradients and updated params are all finite. keep_on_nonfinite: such a step also leaves the state
+  as it was (but for `step`) — for skip_nonfinite_steps only, since selecting between the old and the new state
+  keeps both alive (twice the state's memory); a run that stops on the first non-finite step needs no select:
+  it never saves the bad state.
   """
   loss_fn = losses.get_loss(loss_name, chunked=chunked_loss, mesh=mesh)  # softmax-CLIP ignores the bias
   loss_and_grads = accumulate.make_loss_and_grads(model, loss_fn, accum_steps, mesh)
@@ -65,9 +68,12 @@ def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformatio
       return new_state, metrics
     grads_ok, params_ok = guards.leaf_finite(grads), guards.leaf_finite(params)
     finite = jnp.isfinite(loss) & jnp.all(grads_ok) & jnp.all(params_ok)
+    health = {"finite": finite, "grads": grads_ok, "params": params_ok}
+    if not keep_on_nonfinite:
+      return new_state, metrics, health
     kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     kept["step"] = new_state["step"]  # the batch was consumed either way
-    return kept, metrics, {"finite": finite, "grads": grads_ok, "params": params_ok}
+    return kept, metrics, health
 
   return step_fn
 
@@ -164,13 +170,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
       f.write(config_lib.to_json(config))
 
   repl = sharding.replicated(mesh)
+  skip_mode = config.get("skip_nonfinite_steps", False)
   step_fn = make_train_step(model, tx, config.loss.name, schedule, mesh=mesh, chunked_loss=config.loss.chunked,
-                            accum_steps=config.accum_steps, guard_nonfinite=True)
+                            accum_steps=config.accum_steps, guard_nonfinite=True, keep_on_nonfinite=skip_mode)
   train_step = jax.jit(step_fn, donate_argnums=(0,),
                        out_shardings=(jax.tree.map(lambda x: x.sharding, state), repl, repl))
   train_step = distributed.compile_then_meet(train_step, "train_step")  # processes meet before the 1st step
   param_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state["params"])]
-  skip_mode = config.get("skip_nonfinite_steps", False)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   progress = metrics_lib.Progress(config.total_steps, config.batch_size, enabled=is_main)
 
