@@ -111,7 +111,9 @@ def soak(workdir: str, minutes: float, steps: int, checkpoint_every: int, seed: 
       if proc.poll() is None:
         proc.send_signal(kind)
         rc = proc.wait()
-        expected = (-signal.SIGKILL,) if kind == signal.SIGKILL else (75, 0, -signal.SIGTERM)
+        # rc 0: the run completed between the poll and the signal (the kill landed on a finished process)
+        expected = (-signal.SIGKILL, 0) if kind == signal.SIGKILL else (75, 0, -signal.SIGTERM)
+        finished = rc == 0
         kills[kind.name] += 1
         log(f"attempt {attempts}: {kind.name} at {time.monotonic() - t0:.0f}s, rc {rc}, complete checkpoints "
             f"{sorted(s for s, _ in _complete(run_dir))}")
