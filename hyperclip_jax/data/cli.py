@@ -25,7 +25,7 @@ def _write_demo(args: argparse.Namespace) -> None:
   out.mkdir(parents=True, exist_ok=True)
   lines = []
   if args.task:
-    tasks = demo_tasks(args.size, n_eval=args.n, seed=args.seed)
+    tasks = demo_tasks(args.size, n_eval=args.n, seed=args.seed, object_scale=args.object_scale)
     if args.task not in tasks:
       raise SystemExit(f"hyperclip-data: --task {args.task!r} is unknown; known: {', '.join(tasks)}")
     task = tasks[args.task]
@@ -34,7 +34,7 @@ def _write_demo(args: argparse.Namespace) -> None:
       Image.fromarray(image).save(out / f"{i:05d}.png")
       lines.append(f"{i:05d}.png\t{task.class_names[label]}")
   else:
-    source = DemoSource(args.size, args.seed, two_objects_prob=args.two_objects_prob)
+    source = DemoSource(args.size, args.seed, two_objects_prob=args.two_objects_prob, object_scale=args.object_scale)
     for i in range(args.start, args.start + args.n):
       example = source[i]
       Image.fromarray(example["image"]).save(out / f"{i:05d}.png")
@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   demo.add_argument("--size", type=int, default=64, help="image size in pixels")
   demo.add_argument("--seed", type=int, default=0)
   demo.add_argument("--two-objects-prob", type=float, default=0.3)
+  demo.add_argument("--object-scale", type=float, default=1.0, help="object radii x this (config.data.object_scale)")
   demo.add_argument("--task", default="", help="write a zero-shot task's eval set instead, e.g. colour")
   workers = min(8, os.cpu_count() or 1)
   stats = sub.add_parser("stats", help="count good / skipped samples and caption lengths of webdataset shards")

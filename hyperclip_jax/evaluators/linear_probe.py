@@ -85,14 +85,15 @@ class LinearProbeEvaluator:
 
 
 def demo_tasks(image_size: int, num_train: int, num_test: int, batch_size: int = 64,
-               names: Sequence[str] | None = None) -> list[tuple[str, Sequence[str], Sequence[str], Batches, Batches]]:
+               names: Sequence[str] | None = None, object_scale: float = 1.0
+               ) -> list[tuple[str, Sequence[str], Sequence[str], Batches, Batches]]:
   """The demo zero-shot tasks as probe tasks: train examples from another seed than the test examples."""
   import functools
 
   from hyperclip_jax.data import input_pipeline
   from hyperclip_jax.data.sources import demo
-  train = demo.demo_tasks(image_size, num_train, seed=777)
-  test = demo.demo_tasks(image_size, num_test)
+  train = demo.demo_tasks(image_size, num_train, seed=777, object_scale=object_scale)
+  test = demo.demo_tasks(image_size, num_test, object_scale=object_scale)
   return [(n, test[n].class_names, test[n].templates,
            functools.partial(input_pipeline.make_eval_batches, train[n], batch_size),
            functools.partial(input_pipeline.make_eval_batches, test[n], batch_size))

@@ -81,13 +81,15 @@ class RetrievalEvaluator:
     return {f"retrieval/{name}/{k}": v for name, r in results.items() for k, v in r.items() if "_r" in k}
 
 
-def demo_pairs(image_size: int, seed: int = 12345, stream: int = 100) -> Callable[[], Iterable[tuple[Any, str]]]:
+def demo_pairs(image_size: int, seed: int = 12345, stream: int = 100, object_scale: float = 1.0
+               ) -> Callable[[], Iterable[tuple[Any, str]]]:
   """Held-out demo (image, caption) pairs: another seed and stream than training, every caption complete."""
   from hyperclip_jax.data import input_pipeline  # late: only the demo needs the renderer
   from hyperclip_jax.data.sources import demo
 
   def pairs():
-    source = demo.DemoSource(image_size, seed, two_objects_prob=0.0, partial_caption_prob=0.0, stream=stream)
+    source = demo.DemoSource(image_size, seed, two_objects_prob=0.0, partial_caption_prob=0.0, stream=stream,
+                             object_scale=object_scale)
     i = 0
     while True:
       example = source[i]

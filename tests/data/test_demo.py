@@ -157,3 +157,20 @@ def test_cli_writes_pngs_and_captions(tmp_path):
   assert sorted(p.name for p in (tmp_path / "train").glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
   cli.main(["demo", "--out", str(tmp_path / "task"), "--n", "2", "--size", "32", "--task", "size_position"])
   assert (tmp_path / "task" / "captions.txt").read_text().splitlines()[1] == "00001.png\tsmall shape at the top right"
+
+
+def test_object_scale_grows_objects_and_reaches_the_eval_tasks():
+  def covered(image):  # pixels far from the background grey: the object's area (mild noise stays below 40)
+    return int((np.abs(image.astype(np.int32) - np.median(image.reshape(-1, 3), axis=0)).max(-1) > 40).sum())
+
+  small, big = DemoSource(64, seed=2, two_objects_prob=0.0), DemoSource(64, seed=2, two_objects_prob=0.0,
+                                                                        object_scale=1.4)
+  for i in range(8):
+    assert small[i]["caption"] == big[i]["caption"]  # same scenes, only the radii differ
+  ratio = np.mean([covered(big[i]["image"]) / max(covered(small[i]["image"]), 1) for i in range(8)])
+  assert 1.6 < ratio < 2.4  # area ~ scale**2 = 1.96
+  a = demo_tasks(32, 4, object_scale=1.4)["shape"].sample_fn(0)[0]
+  b = demo_tasks(32, 4)["shape"].sample_fn(0)[0]
+  assert covered(a) > covered(b)
+  with pytest.raises(ValueError, match="object_scale"):
+    DemoSource(64, object_scale=3.0)

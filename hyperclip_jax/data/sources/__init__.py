@@ -17,7 +17,8 @@ def _demo(config_data: Any, seed: int) -> DemoSource:
       two_objects_prob=config_data.get("two_objects_prob", 0.3),
       partial_caption_prob=config_data.get("partial_caption_prob", 0.2),
       contrast_prob=config_data.get("contrast_prob", 0.0),
-      contrast_group=config_data.get("contrast_group", 2))
+      contrast_group=config_data.get("contrast_group", 2),
+      object_scale=config_data.get("object_scale", 1.0))
 
 
 def _manifest(config_data: Any, seed: int) -> Any:

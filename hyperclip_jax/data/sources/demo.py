@@ -176,7 +176,7 @@ class DemoSource:
   def __init__(self, image_size: int = 64, seed: int = 0, two_objects_prob: float = 0.3,
                partial_caption_prob: float = 0.2, stream: int = _TRAIN_STREAM,
                pairs: Sequence[tuple[str, str]] = SEEN_PAIRS, contrast_prob: float = 0.0,
-               contrast_group: int = 2):
+               contrast_group: int = 2, object_scale: float = 1.0):
     for name, p in (("two_objects_prob", two_objects_prob), ("partial_caption_prob", partial_caption_prob),
                     ("contrast_prob", contrast_prob)):
       if not 0.0 <= p <= 1.0:
@@ -192,6 +192,10 @@ class DemoSource:
     if not isinstance(contrast_group, int) or contrast_group < 2:
       raise ValueError(f"demo contrast_group={contrast_group!r} must be an int >= 2 (scenes per contrast set)")
     self.contrast_prob, self.contrast_group = contrast_prob, contrast_group
+    if not 0.5 <= object_scale <= 1.5:  # above ~1.25 large stars and triangles at the corners touch the border
+      raise ValueError(f"demo object_scale={object_scale!r} must be in [0.5, 1.5] (1.0: the default radii "
+                       f"{_RADIUS['small']}/{_RADIUS['large']} of the image size)")
+    self.object_scale = float(object_scale)
 
   def __len__(self) -> int:
     return 2**62  # infinite in practice; grain needs a length
@@ -273,7 +277,7 @@ class DemoSource:
       v = u[8 + 6 * k: 14 + 6 * k]
       fx, fy = _CENTRES[obj.position]
       cx, cy = (fx + 0.08 * (v[0] - 0.5)) * s, (fy + 0.08 * (v[1] - 0.5)) * s
-      r = _RADIUS[obj.size] * s * (0.9 + 0.2 * v[2])
+      r = _RADIUS[obj.size] * self.object_scale * s * (0.9 + 0.2 * v[2])
       rgb = np.asarray(COLOURS[obj.colour], np.float32) + 20.0 * (v[3:6] - 0.5)
       self.renderer.draw(img, obj, cx, cy, r, rgb)
     oy, ox = int(u[4] * s), int(u[5] * s)
@@ -366,12 +370,13 @@ SIZE_POSITION_CLASSES: dict[str, tuple[tuple[str, str], ...]] = {
     for size in SIZES for pos in POSITIONS}
 
 
-def demo_tasks(image_size: int = 64, n_eval: int = 512, seed: int = _DEFAULT_EVAL_SEED
-               ) -> dict[str, ZeroShotTask]:
+def demo_tasks(image_size: int = 64, n_eval: int = 512, seed: int = _DEFAULT_EVAL_SEED,
+               object_scale: float = 1.0) -> dict[str, ZeroShotTask]:
   """The demo zero-shot tasks, keyed by name. Their label-set sizes all differ (8, 6, 41, 5, 10, 3, 7).
 
   Eval examples come from streams disjoint from training (stream ids >= 1) and, by default, another seed.
-  `heldout_colour_shape` uses only HELDOUT_PAIRS, which training never shows.
+  `heldout_colour_shape` uses only HELDOUT_PAIRS, which training never shows. `object_scale` must be the
+  training source's (config.data.object_scale).
   """
   if n_eval < 1:
     raise ValueError(f"demo_tasks n_eval={n_eval} must be >= 1")
@@ -387,7 +392,7 @@ def demo_tasks(image_size: int = 64, n_eval: int = 512, seed: int = _DEFAULT_EVA
   tasks = {}
   for stream, (name, attribute, classes, pairs) in enumerate(specs, start=1):
     source = DemoSource(image_size, seed, two_objects_prob=0.0, partial_caption_prob=0.0,
-                        stream=stream, pairs=pairs)
+                        stream=stream, pairs=pairs, object_scale=object_scale)
     # Shape and texture are judged on large objects: a small one is ~11 px across at 64 px, where star points
     # and stripes are 1-2 px. Training shows both sizes.
     pinned = (("size", "large"),) if attribute in ("shape", "texture", "colour_shape") else ()
