@@ -1,15 +1,19 @@
 """Probes for the demo's open item (shape and texture stay at chance in zero-shot): what can the encoder learn?
 
   python bench/demo_probe.py supervised --attribute shape --steps 150 [--width 0.25 --depth 0.34]
-      [--radius-small 0.085 --radius-large 0.17]
+      [--radius-small 0.105 --radius-large 0.21]
   python bench/demo_probe.py caption-swap --workdir runs/demo [--n 96]
+  python bench/demo_probe.py prompts --workdir runs/demo [--n 512]
 
 `supervised` trains the demo config's image tower (siglip variant: plain BatchNorm affine, grouped BN
 statistics as in training) with a linear softmax head on one attribute's labels, batch 128 in groups of 16, Adam
 2e-3, and prints the running train accuracy: how fast the encoder learns the attribute when every sample
 names it. `caption-swap` loads a trained run and, for eval images of large objects, scores the full
 caption against the same caption with one attribute swapped: whether the towers separate that attribute at all,
-independently of the zero-shot prompt templates. One JSON line per figure.
+independently of the zero-shot prompt templates. `prompts` scores the zero-shot tasks of a trained run with the
+tasks' own templates ("a photo of a circle.") and with templates that name the other attributes too, averaged
+over their values ("a red {} ...", each colour once: a prompt ensemble shaped like the training captions).
+One JSON line per figure.
 """
 from __future__ import annotations
 
@@ -116,6 +120,41 @@ def caption_swap(args: argparse.Namespace) -> None:
   checkpointer.close()
 
 
+def marginal_templates(attribute: str) -> tuple[str, ...]:
+  """Caption-shaped templates for `attribute` that name the other object attributes, one per value combination."""
+  colours, shapes = tuple(demo.COLOURS), demo.SHAPES
+  if attribute == "shape":
+    return tuple(f"a {size} {colour} {{}}." for size in demo.SIZES for colour in colours)
+  if attribute == "texture":
+    return tuple(f"a {colour} {{}} {shape}." for colour in colours for shape in shapes)
+  if attribute == "colour":
+    return tuple(f"a {size} {{}} {shape}." for size in demo.SIZES for shape in shapes)
+  raise SystemExit(f"demo_probe prompts: no marginal templates for {attribute!r}")
+
+
+def prompts(args: argparse.Namespace) -> None:
+  from hyperclip_jax import workdir as workdir_lib
+  from hyperclip_jax.data import input_pipeline
+  from hyperclip_jax.evaluators import zeroshot
+  run = workdir_lib.load_run(args.workdir)
+  config = run.config
+  model = two_towers.build_model(config)
+  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
+  tasks = demo.demo_tasks(config.data.image_size, args.n, object_scale=config.data.get("object_scale", 1.0))
+  mesh = sharding.make_mesh(config.mesh)
+  for name in ("colour", "shape", "texture"):
+    t = tasks[name]
+    batches = lambda t=t: input_pipeline.make_eval_batches(t, 128)
+    for kind, templates in (("task", t.templates), ("marginal", marginal_templates(name))):
+      ev = zeroshot.ZeroShotEvaluator(model, tokenizer, [zeroshot.ClassificationTask(name, t.class_names, templates,
+                                                                                     batches)],
+                                      config.data.max_len, mesh)
+      r = ev.run(run.params, run.batch_stats)[name]
+      print(json.dumps({"name": f"prompts/{name}/{kind}/top1", "value": round(r["top1"], 4),
+                        "chance": round(r["chance"], 4), "templates": len(templates), "workdir": args.workdir,
+                        "step": run.step, "command": " ".join(sys.argv)}), flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="cmd", required=True)
@@ -124,13 +163,16 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=150)
   p.add_argument("--width", type=float, default=0.25)
   p.add_argument("--depth", type=float, default=0.34)
-  p.add_argument("--radius-small", type=float, default=0.085)
-  p.add_argument("--radius-large", type=float, default=0.17)
+  p.add_argument("--radius-small", type=float, default=0.105)
+  p.add_argument("--radius-large", type=float, default=0.21)
   p = sub.add_parser("caption-swap")
   p.add_argument("--workdir", required=True)
   p.add_argument("--n", type=int, default=96)
+  p = sub.add_parser("prompts")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--n", type=int, default=512)
   args = parser.parse_args()
-  supervised(args) if args.cmd == "supervised" else caption_swap(args)
+  {"supervised": supervised, "caption-swap": caption_swap, "prompts": prompts}[args.cmd](args)
 
 
 if __name__ == "__main__":

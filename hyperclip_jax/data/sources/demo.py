@@ -56,7 +56,9 @@ _PREFIXES = ("", "", "", "a photo of ", "an image of ", "a picture of ", "a draw
 _GENERIC_NOUNS = ("shape", "object")
 _CENTRES = {"top left": (0.27, 0.27), "top right": (0.73, 0.27), "bottom left": (0.27, 0.73),
             "bottom right": (0.73, 0.73), "center": (0.5, 0.5)}
-_RADIUS = {"small": 0.085, "large": 0.17}  # fraction of the image size
+# Fraction of the image size. Session 3 raised them from 0.085/0.17 (object_scale 1.25 in docs/demo.md): the tiny
+# encoder then tells shapes apart within a colour (colour_shape 0.18 -> 0.69 at 900 steps).
+_RADIUS = {"small": 0.105, "large": 0.21}
 _TRAIN_STREAM = 0
 _DEFAULT_EVAL_SEED = 12345
 
@@ -192,7 +194,7 @@ class DemoSource:
     if not isinstance(contrast_group, int) or contrast_group < 2:
       raise ValueError(f"demo contrast_group={contrast_group!r} must be an int >= 2 (scenes per contrast set)")
     self.contrast_prob, self.contrast_group = contrast_prob, contrast_group
-    if not 0.5 <= object_scale <= 1.5:  # above ~1.25 large stars and triangles at the corners touch the border
+    if not 0.5 <= object_scale <= 1.5:  # above ~1.0 large stars and triangles at the corners touch the border
       raise ValueError(f"demo object_scale={object_scale!r} must be in [0.5, 1.5] (1.0: the default radii "
                        f"{_RADIUS['small']}/{_RADIUS['large']} of the image size)")
     self.object_scale = float(object_scale)
@@ -393,7 +395,7 @@ def demo_tasks(image_size: int = 64, n_eval: int = 512, seed: int = _DEFAULT_EVA
   for stream, (name, attribute, classes, pairs) in enumerate(specs, start=1):
     source = DemoSource(image_size, seed, two_objects_prob=0.0, partial_caption_prob=0.0,
                         stream=stream, pairs=pairs, object_scale=object_scale)
-    # Shape and texture are judged on large objects: a small one is ~11 px across at 64 px, where star points
+    # Shape and texture are judged on large objects: a small one is ~13 px across at 64 px, where star points
     # and stripes are 1-2 px. Training shows both sizes.
     pinned = (("size", "large"),) if attribute in ("shape", "texture", "colour_shape") else ()
     sampler = DemoTaskSampler(source, attribute, classes, pinned)
