@@ -6,7 +6,7 @@ WORKDIR ?= runs/demo
 # Tests see 8 fake CPU devices (set in tests/conftest.py) and reuse compiled programs across runs.
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test golden bench clean
+.PHONY: demo test golden bench bench-peer clean
 
 $(VENV)/.installed: requirements.txt requirements-test.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,26 @@ $(GOLDEN_VENV)/.installed:
 
 golden: $(GOLDEN_VENV)/.installed
 	$(GOLDEN_VENV)/bin/python bench/make_golden.py
+
+# Our train step vs the open_clip-style PyTorch step, interleaved in one run; the torch side runs in its own venv
+# as a subprocess (bench/peer_torch.py). open_clip_torch is optional there: the peer falls back to torch + timm.
+PEER_VENV := .venv-peer
+PEER_PINS := $(GOLDEN_PINS) open_clip_torch==3.3.0
+
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q $(PEER_PINS)
+	touch $@
+
+bench-peer: $(VENV)/.installed $(PEER_VENV)/.installed
+	$(PY) bench/vs_open_clip.py --peer-python $(PEER_VENV)/bin/python --plot docs/benchmarks.png
+
+# The paper's claim at small scale (issue 8): siglip vs hyperclip vs token, 3 seeds, and the ablations, ~90 min on
+# 2 cores. Writes $(OUT)/results.md, results.json, results.png; the runs' workdirs go to runs/reproduce.
+OUT ?= docs
+.PHONY: reproduce
+reproduce: $(VENV)/.installed
+	REPRODUCE_COMMAND="make reproduce OUT=$(OUT)" $(PY) bench/reproduce.py --out $(OUT) --runs runs/reproduce
 
 bench: $(VENV)/.installed
 	$(PY) bench/train_step.py

@@ -1,7 +1,7 @@
 """The exported zero-shot classifier against the plain image encoder: forward time and size on disk.
 
   .venv/bin/python bench/export.py [--workdir RUN] [--config configs/demo.py] [--classes demo:colour]
-                                   [--reps 50] [--config.a.b=v ...]
+                                   [--reps 50] [--peer-python .venv-peer/bin/python] [--config.a.b=v ...]
 
 Prints one JSON line per figure. "exported" is load_classifier(DIR) (the deserialized StableHLO artifact:
 folded weights, uint8 images -> logits); "plain" is the same image tower with its own norm params and no
@@ -9,12 +9,19 @@ hypernet (the SigLIP baseline's deployment: BatchNorm in eval mode, unfolded), j
 conversion and logits. Goal: exported / plain <= 1.05 (folding should make it at most as slow). Without
 --workdir, a run of random weights is written to a temporary workdir (same shapes and checkpoint size as a
 trained one of the config).
+
+"timm" is the same encoder architecture in timm eager PyTorch, channels_last, eval mode, inference_mode, with
+a bias-free head and the logits against fixed class embeddings (bench/peer_torch.py, run in the peer venv as a
+subprocess: `make bench-peer` creates it), fed the same uint8 images (host in, host logits out, as the
+exported classifier). Goal: timm / exported >= 1.3 at batch 1 and 32 (224 px). The three are timed in turn,
+in 5 rounds of reps/5 calls each; without a peer python the timm figures are skipped with a note.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -23,6 +30,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peer_client  # noqa: E402 - bench/ is not a package
 
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
@@ -45,10 +55,10 @@ def _du(path: str) -> int:
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def _time_pair(fn_a, fn_b, x, reps: int) -> tuple[float, float]:
-  """Median seconds per call of fn_a and fn_b, alternated call by call (a shared CPU's load drifts), after
+def _time_pair(fn_a, fn_b, x, reps: int, warmup: int = 3) -> tuple[list[float], list[float]]:
+  """Seconds per call of fn_a and fn_b, alternated call by call (a shared CPU's load drifts), after
   warm-up calls (compile excluded)."""
-  for _ in range(3):
+  for _ in range(warmup):
     jax.block_until_ready((fn_a(x), fn_b(x)))
   times_a, times_b = [], []
   for _ in range(reps):
@@ -56,7 +66,14 @@ def _time_pair(fn_a, fn_b, x, reps: int) -> tuple[float, float]:
       t0 = time.perf_counter()
       jax.block_until_ready(fn(x))
       times.append(time.perf_counter() - t0)
-  return statistics.median(times_a), statistics.median(times_b)
+  return times_a, times_b
+
+
+def _row(name: str, value: float, unit: str, **extra) -> None:
+  """A figure in the bench/ format (name, value, unit, backend, device, command)."""
+  row = {"name": name, "value": value, "unit": unit, "backend": jax.default_backend(),
+         "device": str(jax.devices()[0].device_kind), **extra}
+  _emit(**row, command=shlex.join(["python", "bench/export.py"] + sys.argv[1:]))
 
 
 def _write_run(config, workdir: str) -> str:
@@ -81,6 +98,9 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--config", default="configs/demo.py", help="config when no --workdir is given")
   parser.add_argument("--classes", default="demo:colour")
   parser.add_argument("--reps", type=int, default=50)
+  parser.add_argument("--peer-python", default=peer_client.DEFAULT_PYTHON,
+                      help="python with torch + timm for the timm figures ('none' = skip them)")
+  parser.add_argument("--peer-device", default=None, help="cpu | cuda (default: cuda when JAX runs on a GPU)")
   args = parser.parse_args(rest)
   tmp = tempfile.mkdtemp(prefix="bench_export_")
   if args.workdir:
@@ -109,13 +129,45 @@ def main(argv: list[str]) -> None:
 
   common = {"encoder": run.config.model.image.name, "variant": run.config.model.variant, "input_size": s,
             "classes": len(names), "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
-  rng = np.random.default_rng(0)
+  peer = None
+  img = run.config.model.image
+  if args.peer_python != "none" and (img.get("width_mult", 1.0), img.get("depth_mult", 1.0)) != (1.0, 1.0):
+    print(f"export.py: note: no timm figures: the encoder is scaled (width_mult={img.width_mult}, depth_mult="
+          f"{img.depth_mult}) and timm builds only the full-size {img.name}; set both to 1.0", file=sys.stderr)
+  elif args.peer_python != "none":
+    device = args.peer_device or ("cuda" if jax.default_backend() == "gpu" else "cpu")
+    try:
+      peer = peer_client.Peer(args.peer_python, device)
+    except peer_client.PeerError as e:
+      print(f"export.py: note: no timm figures: {e}", file=sys.stderr)
+  rounds = 5 if args.reps >= 5 else 1
   for batch in (1, 32):
-    images = rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
-    t_exp, t_plain = _time_pair(clf, lambda x: np.asarray(plain(x)), images, args.reps)  # both: numpy logits
+    images = peer_client.uint8_images(batch, batch, s)
+    if peer is not None:
+      built = peer.call("build_clf", encoder=run.config.model.image.name, image_size=s, classes=len(names),
+                        embed_dim=model.embed_dim, batch=batch, seed=batch)
+    times_exp, times_plain, times_timm = [], [], []
+    for r in range(rounds):  # the three in turn: a shared machine's drift falls on all
+      a, b = _time_pair(clf, lambda x: np.asarray(plain(x)), images, args.reps // rounds,
+                        warmup=3 if r == 0 else 0)  # both: numpy logits
+      times_exp += a
+      times_plain += b
+      if peer is not None:
+        times_timm += peer.call("time_clf", reps=args.reps // rounds)["times"]
+    t_exp, t_plain = statistics.median(times_exp), statistics.median(times_plain)
     _emit(figure="forward_ms", batch=batch, exported=round(t_exp * 1e3, 3), plain=round(t_plain * 1e3, 3),
           **common)
     _emit(figure="exported_over_plain", batch=batch, ratio=round(t_exp / t_plain, 3), goal="<= 1.05", **common)
+    for side, t in (("exported", t_exp), ("plain", t_plain)):
+      _row("classifier_forward_ms", round(t * 1e3, 3), "ms", side=side, batch=batch, reps=len(times_exp), **common)
+    if peer is not None:
+      t_timm = statistics.median(times_timm)
+      _row("classifier_forward_ms", round(t_timm * 1e3, 3), "ms", side="timm_channels_last", batch=batch,
+           reps=len(times_timm), torch=peer.info["torch"], timm=peer.info["timm"],
+           peer_device=peer.info["device_name"], peer_params=built["params"], **common)
+      _row("timm_over_exported_latency", round(t_timm / t_exp, 3), "ratio", batch=batch, goal=">= 1.3", **common)
+  if peer is not None:
+    peer.close()
   step_dir = os.path.join(workdir, "checkpoints", str(run.step))
   _emit(figure="size_bytes", artifact=_du(os.path.join(out, export.ARTIFACT)),
         folded_params=_du(os.path.join(out, export.PARAMS)), training_checkpoint=_du(step_dir),

@@ -42,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.variant = arg.variant
   c.model.embed_dim = 768
   c.model.dtype = "bfloat16"  # bf16 compute on TPU/GPU; params and optimizer state stay f32
+  c.model.conv_impl = "auto"  # native library convs on TPU/GPU, shift-add/dot forms on CPU (same math)
   c.model.image.update(dict(name=ALIASES.get(arg.encoder, arg.encoder), width_mult=1.0, depth_mult=1.0,
                             norm_mode="residual", drop_path_rate=0.0))
   c.model.text = ml_collections.ConfigDict(dict(preset="paper"))  # 12 x 768, 8 heads, MLP 2560, causal

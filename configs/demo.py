@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.embed_dim = 128
   c.model.dtype = "float32"  # compute dtype (params stay f32); bf16 is slower than f32 on CPUs without AMX
   c.model.remat = False  # recompute each block's activations in the backward pass (less memory, ~1.3x compute)
+  c.model.conv_impl = "auto"  # conv lowering (same math): auto = cpu_fast on CPU, native on GPU/TPU
   c.model.t_init = math.log(10.0)  # SigLIP's t' = log 10
   c.model.b_init = -10.0  # SigLIP's b
   c.model.image = ml_collections.ConfigDict(dict(
@@ -48,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="demo", image_size=64, max_len=32, tokenizer="demo_words", two_objects_prob=0.0,
       partial_caption_prob=0.2, contrast_prob=0.0, contrast_group=2,
+      object_scale=1.0,  # object radii x this (the eval tasks render with the same scale)
       read_threads=1,
       worker_count=0))
 
@@ -56,7 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mode="auto", coordinator_address="", num_processes=0, process_id=-1))
 
   c.evals = ml_collections.ConfigDict(dict(
-      zeroshot=ml_collections.ConfigDict(dict(tasks="demo", n_eval=512, batch_size=128))))
+      # condition: the set the hypernet reads at test time, "classes" (each task's prompts) or "train_captions"
+      zeroshot=ml_collections.ConfigDict(dict(tasks="demo", n_eval=512, batch_size=128, condition="classes"))))
   c.eval_every_steps = 450
 
   c.log_every_steps = 25

@@ -174,6 +174,11 @@ def _validate_scale_out(config: ml_collections.ConfigDict, num_devices: int, gro
   remat = config.model.get("remat", False)
   if not isinstance(remat, bool):
     raise ConfigError(f"config.model.remat={remat!r} must be true or false")
+  from hyperclip_jax.models.layers import CONV_IMPLS  # late: models import jax
+  conv_impl = config.model.get("conv_impl", "auto")
+  if conv_impl not in CONV_IMPLS:
+    raise ConfigError(f"config.model.conv_impl={conv_impl!r} is unknown; known: {', '.join(CONV_IMPLS)} "
+                      "(auto: cpu_fast on CPU, native on GPU/TPU)")
   k = config.get("accum_steps", 1)
   if k < 1:
     raise ConfigError(f"config.accum_steps={k} must be at least 1")
@@ -215,5 +220,6 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 def model_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config entries a checkpoint's model was built with (shapes and numerics): resume needs the same."""
   data = {k: config.data[k] for k in ("image_size", "max_len", "tokenizer")}
-  model = {k: v for k, v in config.model.to_dict().items() if k != "remat"}  # remat changes memory, not values
+  # remat changes memory and conv_impl the lowering, not the parameters: a run may resume under either
+  model = {k: v for k, v in config.model.to_dict().items() if k not in ("remat", "conv_impl")}
   return json.loads(json.dumps({"model": model, "data": data}, sort_keys=True, default=str))

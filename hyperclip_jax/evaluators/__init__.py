@@ -11,7 +11,9 @@
 
 Keys per type (all optional; `type` is needed where the name is not a type):
   zeroshot      tasks (comma list of: demo, imagenet, cifar100, cifar10) or data; classes, templates, pp,
-                n_eval (0: the whole split; demo: at least 1), batch_size
+                n_eval (0: the whole split; demo: at least 1), batch_size, condition (what the hypernet reads:
+                'classes' = each task's class prompts; 'train_captions' = the first set_size captions of the
+                training source at seed 0, one fixed set for every task)
   retrieval     data (default: the demo pairs), pp, num_pairs, batch_size
   linear_probe  data (the test split), train_data (keys that differ from data, e.g. dict(split='train')),
                 classes, templates, pp, n_train, n_eval, batch_size
@@ -38,13 +40,14 @@ from hyperclip_jax.evaluators.zeroshot import format_table as _zeroshot_table
 # type -> {key: (python type, default)}; data dicts are checked by eval_data.check
 KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "zeroshot": {"tasks": (str, ""), "data": (dict, None), "classes": (str, ""), "templates": (str, ""),
-                 "pp": (str, ""), "n_eval": (int, 0), "batch_size": (int, 256)},
+                 "pp": (str, ""), "n_eval": (int, 0), "batch_size": (int, 256), "condition": (str, "classes")},
     "retrieval": {"data": (dict, {"name": "demo"}), "pp": (str, ""), "num_pairs": (int, 512),
                   "batch_size": (int, 256)},
     "linear_probe": {"data": (dict, None), "train_data": (dict, {}), "classes": (str, ""), "templates": (str, ""),
                      "pp": (str, ""), "n_train": (int, 1000), "n_eval": (int, 1000), "batch_size": (int, 256)},
 }
 TYPES = tuple(KEYS)
+CONDITIONS = ("classes", "train_captions")  # zeroshot `condition`: the set the hypernet reads at test time
 
 
 def _settings(name: str, raw: Any) -> tuple[str, dict[str, Any]]:
@@ -81,6 +84,8 @@ def _check(name: str, kind: str, s: dict[str, Any]) -> None:
   if s.get("n_eval", 0) < 0:
     raise ConfigError(f"{where}.n_eval={s['n_eval']} must be >= 0 (0: the whole split)")
   if kind == "zeroshot":
+    if s["condition"] not in CONDITIONS:
+      raise ConfigError(f"{where}.condition={s['condition']!r} is unknown; known: {', '.join(CONDITIONS)}")
     if bool(s["tasks"]) == (s["data"] is not None):
       raise ConfigError(f"{where} needs exactly one of tasks= (e.g. 'demo' or 'imagenet,cifar100') and data=")
     known = ("demo", *eval_data.PRESETS)
@@ -161,7 +166,7 @@ def _zeroshot_tasks(config: ml_collections.ConfigDict, name: str, s: dict[str, A
   tasks = []
   for task, data, ts in specs:
     if data["name"] == "demo":
-      demo_tasks = demo.demo_tasks(size, ts["n_eval"])
+      demo_tasks = demo.demo_tasks(size, ts["n_eval"], object_scale=config.data.get("object_scale", 1.0))
       for t in eval_data.demo_task_names(data) or demo_tasks:
         if t not in demo_tasks:
           raise ValueError(f"{where}.data.tasks: demo task {t!r} is unknown; known: {', '.join(demo_tasks)}")
@@ -176,11 +181,23 @@ def _zeroshot_tasks(config: ml_collections.ConfigDict, name: str, s: dict[str, A
   return tasks
 
 
+def _condition_texts(config: ml_collections.ConfigDict, name: str, s: dict[str, Any]) -> list[str] | None:
+  """The fixed conditioning set of condition='train_captions' (None for 'classes')."""
+  if s["condition"] == "classes":
+    return None
+  from hyperclip_jax.data import sources
+  if config.data.get("name", "demo") in sources.STREAMING:
+    raise ValueError(f"config.evals.{name}.condition='train_captions' needs a random-access training source; "
+                     f"config.data.name={config.data.name!r} is streamed: use condition='classes'")
+  source = sources.get_source(config.data, 0)
+  return [source[i]["caption"] for i in range(min(config.model.hyper.set_size, len(source)))]
+
+
 def _retrieval(config, model, tokenizer, name: str, s: dict[str, Any]) -> Any:
   from hyperclip_jax.evaluators import retrieval
   data = s["data"]
   if data["name"] == "demo":
-    pairs = retrieval.demo_pairs(config.data.image_size)
+    pairs = retrieval.demo_pairs(config.data.image_size, object_scale=config.data.get("object_scale", 1.0))
   else:
     pairs = eval_data.pairs(eval_data.pair_source(data), config.data.image_size, s["pp"])
   return retrieval.RetrievalEvaluator(model, tokenizer, config.data.max_len, {_task_name(name, "retrieval"): pairs},
@@ -191,7 +208,8 @@ def _linear_probe(config, model, tokenizer, name: str, s: dict[str, Any]) -> Any
   from hyperclip_jax.evaluators import linear_probe
   data, size, where = s["data"], config.data.image_size, f"config.evals.{name}"
   if data["name"] == "demo":
-    tasks = linear_probe.demo_tasks(size, s["n_train"], s["n_eval"], s["batch_size"], eval_data.demo_task_names(data))
+    tasks = linear_probe.demo_tasks(size, s["n_train"], s["n_eval"], s["batch_size"], eval_data.demo_task_names(data),
+                                    object_scale=config.data.get("object_scale", 1.0))
   else:
     test, names, templates = _labelled(data, s, where)
     train = eval_data.labelled_source({**data, **s["train_data"]}, names)
@@ -250,7 +268,7 @@ def build(config: ml_collections.ConfigDict, model: Any, tokenizer: Any, mesh: j
     kind, s = _settings(name, evals[name])
     if kind == "zeroshot":
       evaluator = zeroshot.ZeroShotEvaluator(model, tokenizer, _zeroshot_tasks(config, name, s), config.data.max_len,
-                                             mesh)
+                                             mesh, _condition_texts(config, name, s))
       tasks = [t.name for t in evaluator.tasks]
     elif kind == "retrieval":
       evaluator = _retrieval(config, model, tokenizer, name, s)
@@ -267,4 +285,4 @@ def build(config: ml_collections.ConfigDict, model: Any, tokenizer: Any, mesh: j
   return Evaluators(parts)
 
 
-__all__ = ["Evaluators", "KEYS", "TYPES", "build", "format_table", "validate"]
+__all__ = ["CONDITIONS", "Evaluators", "KEYS", "TYPES", "build", "format_table", "validate"]

@@ -4,6 +4,8 @@ class names x templates -> text tower -> per-class mean embedding (renormalised)
   -> hypernet over the task's class set (siglip: skipped) -> image tower with those norm params
   -> logits = zimg @ zclsᵀ -> top-1 / top-5.
 The image tower runs in eval mode (BatchNorm running averages), with the whole eval set as one group.
+`condition_texts` replaces the class set as the hypernet's input by a fixed set of texts (e.g. ordinary
+training captions): the same norm params for every task, an ablation of how the set is chosen at test time.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ class ZeroShotEvaluator:
   """Runs every task; results are {task: {'top1', 'top5', 'chance', 'num_classes', 'num_images'}}."""
 
   def __init__(self, model: two_towers.TwoTowers, tokenizer: Any, tasks: Iterable[ClassificationTask],
-               max_len: int, mesh: jax.sharding.Mesh):
+               max_len: int, mesh: jax.sharding.Mesh, condition_texts: Sequence[str] | None = None):
     self.model, self.tokenizer, self.tasks, self.max_len, self.mesh = model, tokenizer, list(tasks), max_len, mesh
+    self.condition_texts = list(condition_texts) if condition_texts else None  # None: each task's class set
     self._encode_text = jax.jit(model.encode_text)
     self._generate = jax.jit(model.generate)
     self._classify = jax.jit(self._logits, out_shardings=sharding.replicated(mesh))  # every host reads all
@@ -51,7 +54,11 @@ class ZeroShotEvaluator:
 
   def run_task(self, params: Any, batch_stats: Any, task: ClassificationTask) -> dict[str, float]:
     zcls = self.class_embeddings(params, task.class_names, task.templates)
-    generated = self._generate(params, zcls[None])  # one set: the task's classes
+    if self.condition_texts is None:
+      generated = self._generate(params, zcls[None])  # one set: the task's classes
+    else:  # one set: the fixed texts, each embedded as it is
+      zset = self.class_embeddings(params, self.condition_texts, ["{}"])  # [N, D]
+      generated = self._generate(params, zset[None])
     k = min(5, len(task.class_names))
     hits1 = hitsk = n = 0
     for images, labels in task.batches():

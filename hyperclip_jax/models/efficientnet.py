@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from hyperclip_jax.models.layers import (
-    NORM_MODES, ConditionedNorm, Conv, DropPath, Dtype, global_avg_pool, group_images, make_divisible, ungroup)
+    BN_STATS, CONV_IMPLS, NORM_MODES, ConditionedNorm, Conv, DropPath, Dtype, global_avg_pool, group_images,
+    make_divisible,
+    ungroup)
 
 Array = jax.Array
 
@@ -118,11 +120,13 @@ class ConvBnAct(nn.Module):
   strides: int = 1
   norm_mode: str = "residual"
   dtype: Dtype | None = None
+  conv_impl: str = "auto"
+  bn_stats: str = "group"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    x = Conv(self.features, self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)
-    x = ConditionedNorm("batch", self.norm_mode, dtype=self.dtype, name="bn")(x, train)
+    x = Conv(self.features, self.kernel_size, self.strides, dtype=self.dtype, impl=self.conv_impl, name="conv")(x)
+    x = ConditionedNorm("batch", self.norm_mode, dtype=self.dtype, stats=self.bn_stats, name="bn")(x, train)
     return nn.silu(x)
 
 
@@ -130,12 +134,14 @@ class SqueezeExcite(nn.Module):
   """x · sigmoid(expand(silu(reduce(mean_hw(x))))), per image."""
   rd_chs: int
   dtype: Dtype | None = None
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    conv = functools.partial(Conv, use_bias=True, dtype=self.dtype, impl=self.conv_impl)
     s = x.mean(axis=(-3, -2), keepdims=True)  # [G, S, 1, 1, C]
-    s = Conv(self.rd_chs, 1, use_bias=True, dtype=self.dtype, name="conv_reduce")(s)
-    s = Conv(x.shape[-1], 1, use_bias=True, dtype=self.dtype, name="conv_expand")(nn.silu(s))
+    s = conv(self.rd_chs, 1, name="conv_reduce")(s)
+    s = conv(x.shape[-1], 1, name="conv_expand")(nn.silu(s))
     return x * nn.sigmoid(s)
 
 
@@ -144,21 +150,23 @@ class MBConvBlock(nn.Module):
   spec: BlockSpec
   norm_mode: str = "residual"
   dtype: Dtype | None = None
+  conv_impl: str = "auto"
+  bn_stats: str = "group"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     sp = self.spec
-    norm = functools.partial(ConditionedNorm, "batch", self.norm_mode, dtype=self.dtype)
+    norm = functools.partial(ConditionedNorm, "batch", self.norm_mode, dtype=self.dtype, stats=self.bn_stats)
+    conv = functools.partial(Conv, dtype=self.dtype, impl=self.conv_impl)
     shortcut = x
     if sp.kind == "ir":
-      x = Conv(sp.mid_chs, 1, dtype=self.dtype, name="conv_pw")(x)
+      x = conv(sp.mid_chs, 1, name="conv_pw")(x)
       x = nn.silu(norm(name="bn1")(x, train))
     dw_bn, proj, proj_bn = ("bn2", "conv_pwl", "bn3") if sp.kind == "ir" else ("bn1", "conv_pw", "bn2")
-    x = Conv(sp.mid_chs, sp.kernel, sp.stride, groups=sp.mid_chs, dtype=self.dtype, kernel_init=_dw_init,
-             name="conv_dw")(x)
+    x = conv(sp.mid_chs, sp.kernel, sp.stride, groups=sp.mid_chs, kernel_init=_dw_init, name="conv_dw")(x)
     x = nn.silu(norm(name=dw_bn)(x, train))
-    x = SqueezeExcite(sp.se_chs, dtype=self.dtype, name="se")(x)
-    x = Conv(sp.out_chs, 1, dtype=self.dtype, name=proj)(x)
+    x = SqueezeExcite(sp.se_chs, dtype=self.dtype, conv_impl=self.conv_impl, name="se")(x)
+    x = conv(sp.out_chs, 1, name=proj)(x)
     x = norm(name=proj_bn)(x, train)  # linear bottleneck: no activation
     if sp.has_skip:
       x = DropPath(sp.drop_path)(x, train) + shortcut
@@ -176,20 +184,26 @@ class EfficientNet(nn.Module):
   min_size: int = 32
   variant: str = "efficientnet"  # timm name, for error messages
   remat: bool = False  # recompute each block's activations in the backward pass
+  conv_impl: str = "auto"  # auto | native | cpu_fast: the convolutions' lowering (layers.Conv), same math
+  bn_stats: str = "group"  # BatchNorm training statistics: per group | global (layers.ConditionedNorm)
 
   @nn.compact
   def __call__(self, images: Array, train: bool = False) -> Array:
     x, ungrouped = group_images(images, self.min_size, self.variant)  # [G, S, H, W, 3]
-    x = ConvBnAct(self.stem_chs, 3, 2, self.norm_mode, self.dtype, name="stem")(x, train)
+    x = ConvBnAct(self.stem_chs, 3, 2, self.norm_mode, self.dtype, self.conv_impl, bn_stats=self.bn_stats,
+                  name="stem")(x, train)
     block = nn.remat(MBConvBlock, static_argnums=(2,)) if self.remat else MBConvBlock  # arg 2: train
     for i, stage in enumerate(self.stages):
       for j, spec in enumerate(stage):
-        x = block(spec, self.norm_mode, self.dtype, name=f"blocks_{i}_{j}")(x, train)
-    x = ConvBnAct(self.head_chs, 1, 1, self.norm_mode, self.dtype, name="head")(x, train)
+        x = block(spec, self.norm_mode, self.dtype, self.conv_impl, bn_stats=self.bn_stats,
+                  name=f"blocks_{i}_{j}")(x, train)
+    x = ConvBnAct(self.head_chs, 1, 1, self.norm_mode, self.dtype, self.conv_impl, bn_stats=self.bn_stats,
+                  name="head")(x, train)
     return ungroup(global_avg_pool(x.astype(jnp.float32)), ungrouped)  # [G, S, C] -> [B, C] if ungrouped
 
 
-_OVERRIDES = ("width_mult", "depth_mult", "norm_mode", "dtype", "drop_path_rate", "min_size", "remat")
+_OVERRIDES = ("width_mult", "depth_mult", "norm_mode", "dtype", "drop_path_rate", "min_size", "remat", "conv_impl",
+              "bn_stats")
 
 
 def create(name: str, **overrides: Any) -> EfficientNet:
@@ -204,16 +218,23 @@ def create(name: str, **overrides: Any) -> EfficientNet:
   depth_mult = float(overrides.get("depth_mult", 1.0))
   drop_path_rate = float(overrides.get("drop_path_rate", 0.0))
   norm_mode = overrides.get("norm_mode", "residual")
+  conv_impl = overrides.get("conv_impl", "auto")
   if width_mult <= 0 or depth_mult <= 0:
     raise ValueError(f"{name}: width_mult and depth_mult must be > 0; got {width_mult}, {depth_mult}")
   if not 0.0 <= drop_path_rate < 1.0:
     raise ValueError(f"{name}: drop_path_rate must be in [0, 1); got {drop_path_rate}")
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"{name}: conv_impl {conv_impl!r} is unknown; known: {', '.join(CONV_IMPLS)}")
   if norm_mode not in NORM_MODES:
     raise ValueError(f"{name}: norm_mode {norm_mode!r} is unknown; known: {', '.join(NORM_MODES)}")
+  bn_stats = overrides.get("bn_stats", "group")
+  if bn_stats not in BN_STATS:
+    raise ValueError(f"{name}: bn_stats {bn_stats!r} is unknown; known: {', '.join(BN_STATS)}")
   stem, stages, head = build_arch(width * width_mult, depth * depth_mult, family, drop_path_rate)
   return EfficientNet(stem, stages, head, norm_mode=norm_mode, dtype=overrides.get("dtype"),
                       default_size=size, min_size=int(overrides.get("min_size", 32)), variant=name,
-                      remat=bool(overrides.get("remat", False)))
+                      remat=bool(overrides.get("remat", False)), conv_impl=conv_impl,
+                      bn_stats=bn_stats)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

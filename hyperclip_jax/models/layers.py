@@ -19,6 +19,7 @@ Array = jax.Array
 Dtype = Any
 
 NORM_MODES = ("residual", "replace")
+BN_STATS = ("group", "global")  # training statistics of BatchNorm: per group of set_size images, or the batch
 GENERATED = "generated"  # the variable collection holding hypernet-generated norm params
 
 
@@ -61,8 +62,9 @@ class ConditionedNorm(nn.Module):
   `scale`, `bias` of shape [C] or [G, C]) the affine becomes, per group:
     residual: scale = γ·(1 + Δscale), bias = β + Δbias   (Δ = 0 is exactly the plain norm)
     replace:  scale = 1 + Δscale,     bias = Δbias       (own γ, β unused)
-  BatchNorm in training normalises with statistics per group (axes S, H, W) for every variant and keeps the
-  running averages (over groups) in `batch_stats`; in eval it uses the running averages.
+  BatchNorm in training normalises with statistics per group (axes S, H, W) for every variant, or over the
+  whole batch with stats="global" (an ablation; the affine stays per group), and keeps the running averages
+  (over groups) in `batch_stats`; in eval it uses the running averages.
   At init the layer also creates zero `generated` leaves of shape [C]: the template the hypernet fills.
   """
   kind: str = "batch"  # "batch" | "layer"
@@ -70,11 +72,14 @@ class ConditionedNorm(nn.Module):
   momentum: float = 0.9  # flax convention: ra <- momentum·ra + (1 - momentum)·batch (torch momentum 0.1)
   epsilon: float = 1e-5
   dtype: Dtype | None = None
+  stats: str = "group"  # BN_STATS
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     if self.mode not in NORM_MODES:
       raise ValueError(f"norm mode {self.mode!r} is unknown; known: {', '.join(NORM_MODES)}")
+    if self.stats not in BN_STATS:
+      raise ValueError(f"norm stats {self.stats!r} is unknown; known: {', '.join(BN_STATS)}")
     c = x.shape[-1]
     gamma = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     beta = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
@@ -105,8 +110,8 @@ class ConditionedNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
     if train:
-      axes = tuple(range(1, x.ndim - 1))  # per group: over S and the spatial axes
-      mean = xf.mean(axes, keepdims=True)  # [G, 1, .., 1, C]
+      axes = tuple(range(0 if self.stats == "global" else 1, x.ndim - 1))  # group: S, H, W; global: G too
+      mean = xf.mean(axes, keepdims=True)  # [G or 1, 1, .., 1, C]
       var = jnp.maximum(jnp.square(xf).mean(axes, keepdims=True) - jnp.square(mean), 0.0)
       if not self.is_initializing():
         m = self.momentum
@@ -125,15 +130,27 @@ def same_padding(kernel: int, stride: int, dilation: int = 1) -> int:
   return ((stride - 1) + dilation * (kernel - 1)) // 2
 
 
+CONV_IMPLS = ("auto", "native", "cpu_fast")
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """"auto" -> "cpu_fast" on the CPU backend, "native" on GPU/TPU; raises on an unknown name."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl {impl!r} is unknown; known: {', '.join(CONV_IMPLS)}")
+  if impl == "auto":
+    return "cpu_fast" if jax.default_backend() == "cpu" else "native"
+  return impl
+
+
 class Conv(nn.Module):
   """2-D convolution over [G, S, H, W, Cin] with timm's symmetric padding and flax's HWIO kernel.
 
-  The parameters are the same whatever the lowering; the lowering follows the backend because XLA's CPU
-  depthwise and 1x1 convolutions are many times slower than their equivalent forms (see DESIGN.md):
-    1x1, groups=1          -> a dot over channels (strided by slicing), on every backend;
-    depthwise, CPU         -> k·k shifted multiply-adds;
-    otherwise              -> lax.conv_general_dilated.
-  `impl` forces one: "auto" | "xla" | "shift_add".
+  The parameters and the math are the same whatever the lowering (`impl`); only the XLA program differs,
+  because XLA's CPU depthwise and 1x1 convolutions are many times slower than equivalent forms (DESIGN.md):
+    native    lax.conv_general_dilated for every conv (what GPU/TPU libraries are fast at);
+    cpu_fast  1x1 -> a dot over channels (strided by slicing); depthwise -> k·k shifted multiply-adds;
+              non-overlapping patches (kernel == stride, no padding) -> reshape + dot; else native;
+    auto      cpu_fast on the CPU backend, native elsewhere (decided when the function is traced).
   """
   features: int
   kernel_size: int = 3
@@ -154,31 +171,34 @@ class Conv(nn.Module):
     pad = same_padding(k, s) if self.padding is None else self.padding
     dtype = self.dtype or x.dtype
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    depthwise = self.groups == cin and self.features == cin and self.groups > 1
-    impl = self.impl
-    if impl == "auto":
-      impl = "shift_add" if (depthwise and jax.default_backend() == "cpu") else "xla"
-
-    if k == 1 and self.groups == 1:
-      if pad:
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(pad, pad), (pad, pad), (0, 0)])
-      if s > 1:
-        x = x[..., ::s, ::s, :]
-      y = jnp.einsum("...c,cd->...d", x, kernel[0, 0])
-    elif impl == "shift_add" and depthwise:
-      y = _depthwise_shift_add(x, kernel[:, :, 0, :], s, pad)
-    elif impl in ("xla", "shift_add"):
-      lead = x.shape[:-3]
-      x4 = x.reshape((-1,) + x.shape[-3:])
-      y = lax.conv_general_dilated(
-          x4, kernel, window_strides=(s, s), padding=[(pad, pad), (pad, pad)],
-          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
-      y = y.reshape(lead + y.shape[1:])
-    else:
-      raise ValueError(f"Conv impl {self.impl!r} is unknown; known: auto, xla, shift_add")
+    y = conv2d(x, kernel, s, pad, self.groups, resolve_conv_impl(self.impl))
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
     return y
+
+
+def conv2d(x: Array, kernel: Array, stride: int, pad: int, groups: int, impl: str) -> Array:
+  """x [..., H, W, Cin] * kernel HWIO [k, k, Cin/groups, Cout] with symmetric padding; impl native | cpu_fast."""
+  k, cin, cout = kernel.shape[0], x.shape[-1], kernel.shape[-1]
+  if impl == "cpu_fast":
+    if k == 1 and groups == 1:
+      if pad:
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(pad, pad), (pad, pad), (0, 0)])
+      if stride > 1:
+        x = x[..., ::stride, ::stride, :]
+      return jnp.einsum("...c,cd->...d", x, kernel[0, 0])
+    if groups == cin == cout and groups > 1:
+      return _depthwise_shift_add(x, kernel[:, :, 0, :], stride, pad)
+    if groups == 1 and k == stride and pad == 0 and x.shape[-3] % k == 0 and x.shape[-2] % k == 0:
+      return _patchify_dot(x, kernel)
+  elif impl != "native":
+    raise ValueError(f"conv impl {impl!r} is unknown; known: native, cpu_fast (or auto)")
+  lead = x.shape[:-3]
+  x4 = x.reshape((-1,) + x.shape[-3:])
+  y = lax.conv_general_dilated(
+      x4, kernel, window_strides=(stride, stride), padding=[(pad, pad), (pad, pad)],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+  return y.reshape(lead + y.shape[1:])
 
 
 def _depthwise_shift_add(x: Array, taps: Array, stride: int, pad: int) -> Array:
@@ -195,6 +215,17 @@ def _depthwise_shift_add(x: Array, taps: Array, stride: int, pad: int) -> Array:
       term = patch * taps[i, j]
       out = term if out is None else out + term
   return out
+
+
+def _patchify_dot(x: Array, kernel: Array) -> Array:
+  """Non-overlapping k x k patches (stride k, no padding) as one dot: [..., H/k, W/k, k·k·Cin] @ [k·k·Cin, Cout]."""
+  k, cin = kernel.shape[0], x.shape[-1]
+  lead, h, w = x.shape[:-3], x.shape[-3], x.shape[-2]
+  x = x.reshape(lead + (h // k, k, w // k, k, cin))
+  n = len(lead)
+  x = jnp.moveaxis(x, n + 2, n + 1)  # [..., H/k, W/k, k, k, Cin]: the patch in HWI order, as the kernel
+  x = x.reshape(lead + (h // k, w // k, k * k * cin))
+  return jnp.einsum("...p,pd->...d", x, kernel.reshape(k * k * cin, -1))
 
 
 class DropPath(nn.Module):
@@ -231,5 +262,5 @@ def count_generated(template: Any) -> int:
 
 
 __all__: Sequence[str] = (
-    "ConditionedNorm", "Conv", "DropPath", "GENERATED", "NORM_MODES", "count_generated", "global_avg_pool",
-    "group_images", "make_divisible", "same_padding", "ungroup")
+    "CONV_IMPLS", "ConditionedNorm", "Conv", "DropPath", "GENERATED", "NORM_MODES", "conv2d", "count_generated",
+    "global_avg_pool", "group_images", "make_divisible", "resolve_conv_impl", "same_padding", "ungroup")

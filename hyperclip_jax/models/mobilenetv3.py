@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from hyperclip_jax.models.layers import (
-    ConditionedNorm, Conv, DropPath, global_avg_pool, group_images, make_divisible, ungroup)
+    BN_STATS, CONV_IMPLS, ConditionedNorm, Conv, DropPath, global_avg_pool, group_images, make_divisible, ungroup)
 
 Array = jax.Array
 
@@ -114,12 +114,14 @@ class SqueezeExcite(nn.Module):
   """x · hard_sigmoid(W2 relu(W1 mean_hw(x))), both 1x1 convs with bias."""
   reduce: int
   dtype: Any = None
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:  # [G, S, H, W, C]
+    conv = functools.partial(Conv, use_bias=True, dtype=self.dtype, impl=self.conv_impl)
     s = x.astype(jnp.float32).mean(axis=(-3, -2), keepdims=True).astype(x.dtype)  # [G, S, 1, 1, C]
-    s = jax.nn.relu(Conv(self.reduce, 1, use_bias=True, dtype=self.dtype, name="conv_reduce")(s))
-    s = Conv(x.shape[-1], 1, use_bias=True, dtype=self.dtype, name="conv_expand")(s)
+    s = jax.nn.relu(conv(self.reduce, 1, name="conv_reduce")(s))
+    s = conv(x.shape[-1], 1, name="conv_expand")(s)
     return x * jax.nn.hard_sigmoid(s)
 
 
@@ -129,12 +131,15 @@ class Block(nn.Module):
   drop_path: float = 0.0
   norm_mode: str = "residual"
   dtype: Any = None
+  conv_impl: str = "auto"
+  bn_stats: str = "group"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:  # [G, S, H, W, cin] -> [G, S, H', W', out]
     b, act = self.spec, _ACTS[self.spec.act]
-    conv = functools.partial(Conv, dtype=self.dtype)
-    norm = functools.partial(ConditionedNorm, kind="batch", mode=self.norm_mode, dtype=self.dtype)
+    conv = functools.partial(Conv, dtype=self.dtype, impl=self.conv_impl)
+    norm = functools.partial(ConditionedNorm, kind="batch", mode=self.norm_mode, dtype=self.dtype,
+                             stats=self.bn_stats)
     dw = functools.partial(conv, b.mid, b.kernel, b.stride, groups=b.mid, kernel_init=_depthwise_init(),
                            name="conv_dw")
     shortcut = x
@@ -143,13 +148,13 @@ class Block(nn.Module):
     if b.kind == "ds":
       x = act(norm(name="bn1")(dw()(x), train))
       if b.se_reduce:
-        x = SqueezeExcite(b.se_reduce, self.dtype, name="se")(x)
+        x = SqueezeExcite(b.se_reduce, self.dtype, self.conv_impl, name="se")(x)
       x = norm(name="bn2")(conv(b.out, 1, name="conv_pw")(x), train)
     elif b.kind == "ir":
       x = act(norm(name="bn1")(conv(b.mid, 1, name="conv_pw")(x), train))
       x = act(norm(name="bn2")(dw()(x), train))
       if b.se_reduce:
-        x = SqueezeExcite(b.se_reduce, self.dtype, name="se")(x)
+        x = SqueezeExcite(b.se_reduce, self.dtype, self.conv_impl, name="se")(x)
       x = norm(name="bn3")(conv(b.out, 1, name="conv_pwl")(x), train)
     else:
       raise ValueError(f"MobileNetV3 block kind {b.kind!r} is unknown; known: ds, ir, cn")
@@ -170,10 +175,16 @@ class MobileNetV3(nn.Module):
   default_size: int = 224
   min_size: int = 32
   remat: bool = False  # recompute each block's activations in the backward pass
+  conv_impl: str = "auto"  # auto | native | cpu_fast: the convolutions' lowering (layers.Conv), same math
+  bn_stats: str = "group"  # BatchNorm training statistics: per group | global (layers.ConditionedNorm)
 
   @nn.compact
   def __call__(self, images: Array, train: bool = False) -> Array:
     label = f"mobilenetv3_{self.variant}"
+    if self.conv_impl not in CONV_IMPLS:
+      raise ValueError(f"{label}: conv_impl {self.conv_impl!r} is unknown; known: {', '.join(CONV_IMPLS)}")
+    if self.bn_stats not in BN_STATS:
+      raise ValueError(f"{label}: bn_stats {self.bn_stats!r} is unknown; known: {', '.join(BN_STATS)}")
     if self.variant not in _ARCHS:
       raise ValueError(f"MobileNetV3 variant {self.variant!r} is unknown; known: {', '.join(_ARCHS)}")
     if self.width_mult <= 0 or self.depth_mult <= 0:
@@ -184,28 +195,30 @@ class MobileNetV3(nn.Module):
     stem, stages = build_blocks(self.variant, self.width_mult, self.depth_mult)
     total = sum(len(s) for s in stages)
 
-    x = Conv(stem, 3, 2, dtype=self.dtype, name="conv_stem")(x)
-    x = jax.nn.hard_swish(ConditionedNorm("batch", self.norm_mode, dtype=self.dtype, name="bn1")(x, train))
+    x = Conv(stem, 3, 2, dtype=self.dtype, impl=self.conv_impl, name="conv_stem")(x)
+    x = jax.nn.hard_swish(
+        ConditionedNorm("batch", self.norm_mode, dtype=self.dtype, stats=self.bn_stats, name="bn1")(x, train))
     idx = 0
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # arg 2: train
     for i, stage in enumerate(stages):
       for j, spec in enumerate(stage):
         # timm: drop-path rate grows linearly with the global block index (over all blocks, head conv too)
-        x = block(spec, self.drop_path_rate * idx / total, self.norm_mode, self.dtype, name=f"blocks_{i}_{j}")(
-            x, train)
+        x = block(spec, self.drop_path_rate * idx / total, self.norm_mode, self.dtype, self.conv_impl,
+                  bn_stats=self.bn_stats, name=f"blocks_{i}_{j}")(x, train)
         idx += 1
 
     x = global_avg_pool(x.astype(jnp.float32)).astype(x.dtype)[..., None, None, :]  # [G, S, 1, 1, C]
     features = self.head_features or _HEAD_FEATURES[self.variant]
-    x = jax.nn.hard_swish(Conv(features, 1, use_bias=True, dtype=self.dtype, name="conv_head")(x))
+    x = jax.nn.hard_swish(Conv(features, 1, use_bias=True, dtype=self.dtype, impl=self.conv_impl, name="conv_head")(x))
     return ungroup(x[..., 0, 0, :].astype(jnp.float32), ungrouped)  # [B, F] or [G, S, F]
 
 
 def _factory(variant: str) -> Callable[..., nn.Module]:
   def make(width_mult: float = 1.0, depth_mult: float = 1.0, norm_mode: str = "residual", dtype: Any = None,
-           drop_path_rate: float = 0.0, head_features: int | None = None, remat: bool = False) -> MobileNetV3:
+           drop_path_rate: float = 0.0, head_features: int | None = None, remat: bool = False,
+           conv_impl: str = "auto", bn_stats: str = "group") -> MobileNetV3:
     return MobileNetV3(variant, width_mult, depth_mult, head_features, norm_mode, dtype, drop_path_rate,
-                       remat=remat)
+                       remat=remat, conv_impl=conv_impl, bn_stats=bn_stats)
   make.__doc__ = f"timm's mobilenetv3_{variant}_100 (width_mult/depth_mult give scaled variants)."
   return make
 

@@ -149,7 +149,9 @@ def build_model(config: ml_collections.ConfigDict) -> TwoTowers:
   m = config.model
   img_kw = {k: v for k, v in m.image.to_dict().items() if k != "name"}
   remat = bool(m.get("remat", False))  # per block, in both towers: less activation memory, more compute
-  encoder = models.build_image_encoder(m.image.name, dtype=jnp.dtype(m.dtype), remat=remat, **img_kw)
+  conv_impl = m.get("conv_impl", "auto")  # the convolutions' lowering (layers.Conv); same params and math
+  encoder = models.build_image_encoder(m.image.name, dtype=jnp.dtype(m.dtype), remat=remat, conv_impl=conv_impl,
+                                       **img_kw)
   image = ImageTower(encoder=encoder, embed_dim=m.embed_dim)
   text_kw = m.text.to_dict()
   preset = text_kw.pop("preset", None)

@@ -93,6 +93,7 @@ class VisionTransformer(nn.Module):
   drop_path_rate: float = 0.0
   default_size: int = 224  # native resolution: the position embeddings' grid is default_size / patch_size
   remat: bool = False  # recompute each block's activations in the backward pass
+  conv_impl: str = "auto"  # auto | native | cpu_fast: the patch embedding's lowering (layers.Conv), same math
 
   @property
   def min_size(self) -> int:
@@ -113,8 +114,8 @@ class VisionTransformer(nn.Module):
       raise ValueError(
           f"vit: image size {h}x{w} is not a multiple of the patch size {p}; resize or crop to a multiple of {p}")
 
-    x = Conv(d, p, p, padding=0, use_bias=True, dtype=self.dtype, kernel_init=nn.initializers.lecun_normal(),
-             name="patch_embed")(x)  # [G, S, h/p, w/p, D]
+    x = Conv(d, p, p, padding=0, use_bias=True, dtype=self.dtype, impl=self.conv_impl,
+             kernel_init=nn.initializers.lecun_normal(), name="patch_embed")(x)  # [G, S, h/p, w/p, D]
     g, s, gh, gw = x.shape[:4]
     x = x.reshape(g, s, gh * gw, d)
     n0 = self.default_size // p
@@ -146,7 +147,7 @@ def _factory(name: str) -> Callable[..., nn.Module]:
   def make(width_mult: float = 1.0, depth_mult: float = 1.0, norm_mode: str = "residual", dtype: Any = None,
            drop_path_rate: float = 0.0, *, width: int | None = None, depth: int | None = None,
            heads: int | None = None, mlp_dim: int | None = None, patch_size: int = 16,
-           image_size: int = 224, remat: bool = False) -> VisionTransformer:
+           image_size: int = 224, remat: bool = False, conv_impl: str = "auto") -> VisionTransformer:
     """width_mult scales the number of heads at a fixed head dim (64); explicit width/heads/... win."""
     if width_mult <= 0 or depth_mult <= 0:
       raise ValueError(f"{name}: width_mult and depth_mult must be > 0; got {width_mult}, {depth_mult}")
@@ -155,7 +156,7 @@ def _factory(name: str) -> Callable[..., nn.Module]:
     width = width or heads * head_dim
     depth = depth or max(1, int(math.ceil(base_depth * depth_mult)))
     return VisionTransformer(width, depth, heads, mlp_dim or 4 * width, patch_size, norm_mode, dtype,
-                             drop_path_rate, image_size, remat=remat)
+                             drop_path_rate, image_size, remat=remat, conv_impl=conv_impl)
   make.__doc__ = f"timm's {name}; overrides give scaled or tiny variants."
   return make
 

@@ -26,6 +26,7 @@ import pytest
 
 from hyperclip_jax.models import build_image_encoder, image_encoder_names
 from hyperclip_jax.models.convert_timm import from_timm
+from hyperclip_jax.models.layers import CONV_IMPLS
 
 HERE = pathlib.Path(__file__).parent
 GOLDEN = sorted((HERE / "golden").glob("*.npz"))
@@ -99,12 +100,13 @@ def test_default_size_matches_timm(golden):
   assert build_image_encoder(golden["model"]).default_size == int(golden["default_size"])
 
 
-def test_features_match_timm(golden):
-  enc = build_image_encoder(golden["model"])
+@pytest.mark.parametrize("conv_impl", CONV_IMPLS)  # same params, different lowering: parity under each
+def test_features_match_timm(golden, conv_impl):
+  enc = build_image_encoder(golden["model"], conv_impl=conv_impl)
   images = golden_weights.golden_images(int(golden["size"]), int(golden["batch"]), int(golden["image_seed"]))
   feats = jax.jit(partial(enc.apply, train=False))(golden["variables"], jnp.asarray(images))  # [B, C]
   expected = golden["features"]
   assert feats.shape == expected.shape
   err = float(np.abs(np.asarray(feats, np.float64) - expected).max())
   tol = RTOL * max(1.0, float(np.abs(expected).max()))
-  assert err <= tol, f"{golden['model']}@{int(golden['size'])}: max abs diff {err:.3g} > {tol:.3g}"
+  assert err <= tol, f"{golden['model']}@{int(golden['size'])} ({conv_impl}): max abs diff {err:.3g} > {tol:.3g}"

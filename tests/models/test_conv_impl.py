@@ -1,0 +1,116 @@
+"""model.conv_impl: native and cpu_fast lowerings of layers.Conv compute the same function and gradients.
+
+Covers every (kernel, stride, padding, groups) the encoders use: depthwise 3x3 and 5x5 at stride 1 and 2, 1x1
+with and without bias and stride, the 3x3 stride-2 stem on 3 channels, the ViT patch embedding (kernel ==
+stride), odd spatial sizes; then whole tiny encoders, and the config key's validation.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperclip_jax import config as config_lib
+from hyperclip_jax.models import build_image_encoder, layers
+
+TOL = 1e-5
+DEMO = str(pathlib.Path(__file__).parents[2] / "configs" / "demo.py")
+
+# (cin, cout, kernel, stride, groups, bias, padding, h, w)
+CASES = {
+    "dw3_s1": (16, 16, 3, 1, 16, False, None, 9, 9),
+    "dw3_s2": (16, 16, 3, 2, 16, False, None, 9, 7),
+    "dw5_s1": (8, 8, 5, 1, 8, False, None, 8, 11),
+    "dw5_s2": (8, 8, 5, 2, 8, False, None, 11, 8),
+    "dw3_s2_even": (8, 8, 3, 2, 8, False, None, 8, 8),
+    "pw": (12, 20, 1, 1, 1, False, None, 7, 5),
+    "pw_bias": (12, 20, 1, 1, 1, True, None, 5, 5),
+    "pw_s2": (12, 20, 1, 2, 1, False, None, 9, 7),
+    "pw_pooled_bias": (12, 6, 1, 1, 1, True, None, 1, 1),  # squeeze-excite and the MobileNetV3 head
+    "stem3_s2": (3, 16, 3, 2, 1, False, None, 11, 9),
+    "patch4": (3, 8, 4, 4, 1, True, 0, 8, 12),
+}
+
+
+def _run(case: tuple, impl: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """-> (y, dL/dx, dL/dkernel) for L = sum(y · cotangent), on grouped input [2, 3, H, W, Cin]."""
+  cin, cout, k, s, groups, bias, padding, h, w = case
+  conv = layers.Conv(cout, k, s, groups=groups, use_bias=bias, padding=padding, impl=impl)
+  kx, kp, kc = jax.random.split(jax.random.PRNGKey(seed), 3)
+  x = jax.random.normal(kx, (2, 3, h, w, cin), jnp.float32)
+  params = conv.init(kp, x)["params"]
+  if bias:
+    params = dict(params, bias=jax.random.normal(kc, (cout,), jnp.float32))
+  y = conv.apply({"params": params}, x)
+  cot = jax.random.normal(kc, y.shape, jnp.float32)
+
+  def loss(x, kernel):
+    return jnp.sum(conv.apply({"params": dict(params, kernel=kernel)}, x) * cot)
+
+  dx, dk = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, params["kernel"])
+  return np.asarray(y), np.asarray(dx), np.asarray(dk)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_cpu_fast_matches_native_forward_and_gradients(name):
+  native, fast = _run(CASES[name], "native"), _run(CASES[name], "cpu_fast")
+  cin, cout, k, s, _, _, padding, h, w = CASES[name]
+  p = layers.same_padding(k, s) if padding is None else padding
+  assert native[0].shape == (2, 3, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, cout)
+  for what, a, b in zip(("y", "dx", "dkernel"), native, fast):
+    scale = max(1.0, float(np.abs(a).max()))
+    np.testing.assert_allclose(b, a, rtol=0, atol=TOL * scale, err_msg=f"{name}: {what}")
+  assert np.abs(native[2]).max() > 0.1  # the gradient check is not vacuous
+
+
+def test_auto_is_cpu_fast_on_cpu_and_unknown_impl_is_refused():
+  assert jax.default_backend() == "cpu"
+  assert layers.resolve_conv_impl("auto") == "cpu_fast"
+  assert layers.resolve_conv_impl("native") == "native"
+  with pytest.raises(ValueError, match=r"conv_impl 'xla' is unknown; known: auto, native, cpu_fast"):
+    layers.resolve_conv_impl("xla")
+
+
+def test_cpu_fast_has_no_depthwise_or_pointwise_convolution():
+  """The point of cpu_fast: the lowered program keeps only the stem's convolution."""
+  def count_convs(impl: str) -> int:
+    enc = build_image_encoder("efficientnet_b0", width_mult=0.1, depth_mult=0.1, conv_impl=impl)
+    x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(enc.init, jax.random.PRNGKey(0), x)
+    text = jax.jit(lambda v, x: enc.apply(v, x)).lower(variables, x).as_text()
+    return text.count("stablehlo.convolution")
+  assert count_convs("cpu_fast") == 1  # the 3x3 stem on 3 channels
+  assert count_convs("native") > 10
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("efficientnet_b0", dict(width_mult=0.1, depth_mult=0.2)),
+    ("mobilenetv3_large_100", dict(width_mult=0.1, depth_mult=0.2, head_features=32)),
+])
+def test_whole_encoder_features_agree(name, kw):
+  """Train-mode features and BatchNorm statistics and eval-mode features (per-layer gradients are above)."""
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 33, 33, 3), jnp.float32)  # odd size: every stride
+  variables = jax.jit(build_image_encoder(name, **kw).init)(jax.random.PRNGKey(0), images)  # same for both
+  out = {}
+  for impl in ("native", "cpu_fast"):
+    enc = build_image_encoder(name, conv_impl=impl, **kw)
+
+    def forward(variables, images, enc=enc):  # one program per lowering: the test compiles twice
+      train_feats, updates = enc.apply(variables, images, train=True, mutable=["batch_stats"])
+      return train_feats, updates["batch_stats"], enc.apply(variables, images)
+
+    out[impl] = jax.device_get(jax.jit(forward)(variables, images))
+  for a, b in zip(jax.tree_util.tree_leaves(out["native"]), jax.tree_util.tree_leaves(out["cpu_fast"])):
+    np.testing.assert_allclose(b, a, rtol=0, atol=TOL * max(1.0, float(np.abs(a).max())))
+  assert np.abs(out["native"][0]).max() > 0.1  # train-mode features (eval ones are ~1e-5 at init)
+
+
+def test_config_key_is_validated():
+  config = config_lib.load_config(f"{DEMO}:tiny=true")
+  assert config.model.conv_impl == "auto"
+  config_lib.apply_override(config, "model.conv_impl", "fast")
+  with pytest.raises(config_lib.ConfigError, match=r"config.model.conv_impl='fast' is unknown; known: auto, native"):
+    config_lib.validate(config, 1)
