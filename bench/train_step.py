@@ -49,7 +49,8 @@ def _time_steps(step_fn, state, batches, rng, n):
   return time.perf_counter() - t0, state
 
 
-def bench_variant(config, variant, steps, with_loader):
+def _setup(config, variant):
+  """(cfg, mesh, rng, initial state, jitted train step, train iterator, one fixed device batch) for a variant."""
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.model.variant = variant
@@ -65,6 +66,11 @@ def bench_variant(config, variant, steps, with_loader):
   tokenizer = tokenizers.get_tokenizer(cfg.data.tokenizer)
   it = input_pipeline.make_train_iterator(cfg.data, tokenizer, cfg.batch_size, seed=cfg.seed)
   fixed = sharding.put_batch({k: v for k, v in next(it).items() if k in ("image", "text")}, mesh)
+  return cfg, mesh, rng, state, step_fn, it, fixed
+
+
+def bench_variant(config, variant, steps, with_loader):
+  cfg, mesh, rng, state, step_fn, it, fixed = _setup(config, variant)
   secs, state = _time_steps(step_fn, state, lambda: fixed, rng, steps)
   out = {"in_memory": steps * cfg.batch_size / secs}
   if with_loader:
@@ -99,21 +105,8 @@ def _full_size(config, encoder: str, image_size: int, batch: int, paper_text: bo
 
 def _prepare(config, variant):
   """(one-step callable () -> None that blocks, its batch size) for a variant, compiled and warmed up."""
-  cfg = config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.model.variant = variant
-  config_lib.validate(cfg, jax.device_count())
-  mesh = sharding.make_mesh(cfg.mesh)
-  model = two_towers.build_model(cfg)
-  rng = jax.random.PRNGKey(cfg.seed)
-  tx, schedule = optim.make_optimizer(cfg.optim, cfg.total_steps, jax.eval_shape(model.init, rng)["params"])
-  holder = {"state": train.init_state(model, tx, rng, mesh)}
-  repl = sharding.replicated(mesh)
-  step_fn = jax.jit(train.make_train_step(model, tx, cfg.loss.name, schedule), donate_argnums=(0,),
-                    out_shardings=(repl, repl))
-  tokenizer = tokenizers.get_tokenizer(cfg.data.tokenizer)
-  it = input_pipeline.make_train_iterator(cfg.data, tokenizer, cfg.batch_size, seed=cfg.seed)
-  fixed = sharding.put_batch({k: v for k, v in next(it).items() if k in ("image", "text")}, mesh)
+  _, _, rng, state, step_fn, _, fixed = _setup(config, variant)
+  holder = {"state": state}
 
   def run(n: int) -> float:
     t0 = time.perf_counter()
