@@ -15,8 +15,12 @@ def _copy_run(src, dst):
 
 
 def _largest_array_file(workdir, step):
+  """The largest OCDBT data file of a step's state: array bytes only, never _METADATA/_sharding JSON (those can
+  outgrow the tiny arrays, and garbling them is a different failure than silent array corruption)."""
   state = os.path.join(workdir, "checkpoints", str(step), "state")
-  files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs]
+  files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs
+           if os.path.basename(d) == "d" and os.path.basename(os.path.dirname(d)).startswith("ocdbt.process_")]
+  assert files, f"no OCDBT data files under {state}"
   return max(files, key=os.path.getsize)
 
 
