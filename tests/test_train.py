@@ -87,8 +87,3 @@ def test_bad_input_is_a_one_line_error(argv, message, capsys, tmp_path, monkeypa
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
-@pytest.mark.parametrize("variant", ["siglip", "token"])
-def test_variants_run_by_config_argument(variant, tmp_path):
-  results = train.train(_tiny(variant, total_steps=2), str(tmp_path))
-  assert _last_metrics(str(tmp_path))["params_checksum"]
-  assert set(results)
