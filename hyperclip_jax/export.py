@@ -144,9 +144,8 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
   if "remat" in config.model:  # inference has no backward pass to save memory for; params are the same
     with config.unlocked():
       config.model.remat = False
-  with config.unlocked():  # lower the convs for the target: shift-add/dot forms for a CPU-only artifact
-    config.model.conv_impl = ("cpu_fast" if set(platforms) == {"cpu"} else "native" if "cpu" not in platforms
-                              else "auto")  # mixed: this machine's backend decides (auto)
+  with config.unlocked():  # whatever the run trained with, each target platform gets its own conv form (auto):
+    config.model.conv_impl = "auto"  # shift-add/dot forms on CPU, library convolutions on GPU/TPU
   pp = str(config.data.get("pp", "") or "")
   if "value_range" in pp and "value_range(-1, 1)" not in pp.replace("-1,1", "-1, 1"):
     raise ExportError(f"config.data.pp={pp!r} scales pixels other than value_range(-1, 1), which the exported "

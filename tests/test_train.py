@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from hyperclip_jax import config as config_lib
@@ -58,6 +59,24 @@ def test_resume_is_bit_exact(full_run, tmp_path, capfd):
   train.train(_tiny(), resumed)
   assert "resumed from step 3" in capfd.readouterr().err
   assert _last_metrics(resumed)["params_checksum"] == _last_metrics(workdir)["params_checksum"]
+
+
+def test_resume_under_another_conv_lowering(full_run, tmp_path, capfd):
+  """conv_impl picks a lowering, not parameters: a cpu_fast (auto on CPU) run resumes with native convolutions
+  and ends where it would have, up to float rounding."""
+  workdir, _ = full_run
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(workdir, resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
+  os.remove(os.path.join(resumed, "metrics.jsonl"))
+  train.train(_tiny(**{"model.conv_impl": "native"}), resumed)
+  assert "resumed from step 3" in capfd.readouterr().err
+
+  def losses(w):
+    return [r["train/loss"] for r in map(json.loads, open(os.path.join(w, "metrics.jsonl"))) if "train/loss" in r]
+  got, want = losses(resumed), losses(workdir)
+  assert got and len(got) <= len(want)
+  np.testing.assert_allclose(got, want[len(want) - len(got):], rtol=1e-4)
 
 
 def test_incompatible_checkpoint_is_refused_and_kept(full_run, tmp_path):

@@ -134,7 +134,8 @@ CONV_IMPLS = ("auto", "native", "cpu_fast")
 
 
 def resolve_conv_impl(impl: str) -> str:
-  """"auto" -> "cpu_fast" on the CPU backend, "native" on GPU/TPU; raises on an unknown name."""
+  """The form `impl` takes on this process's default backend ("auto" -> "cpu_fast" on CPU, "native" on GPU/TPU),
+  for reports; raises on an unknown name. Programs themselves decide "auto" when lowered (see conv2d)."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl {impl!r} is unknown; known: {', '.join(CONV_IMPLS)}")
   if impl == "auto":
@@ -150,7 +151,8 @@ class Conv(nn.Module):
     native    lax.conv_general_dilated for every conv (what GPU/TPU libraries are fast at);
     cpu_fast  1x1 -> a dot over channels (strided by slicing); depthwise -> k·k shifted multiply-adds;
               non-overlapping patches (kernel == stride, no padding) -> reshape + dot; else native;
-    auto      cpu_fast on the CPU backend, native elsewhere (decided when the function is traced).
+    auto      cpu_fast on CPU, native elsewhere, decided by the platform the program is lowered for
+              (lax.platform_dependent), so an AOT export for several platforms carries each its own form.
   """
   features: int
   kernel_size: int = 3
@@ -171,15 +173,22 @@ class Conv(nn.Module):
     pad = same_padding(k, s) if self.padding is None else self.padding
     dtype = self.dtype or x.dtype
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    y = conv2d(x, kernel, s, pad, self.groups, resolve_conv_impl(self.impl))
+    y = conv2d(x, kernel, s, pad, self.groups, self.impl)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
     return y
 
 
 def conv2d(x: Array, kernel: Array, stride: int, pad: int, groups: int, impl: str) -> Array:
-  """x [..., H, W, Cin] * kernel HWIO [k, k, Cin/groups, Cout] with symmetric padding; impl native | cpu_fast."""
+  """x [..., H, W, Cin] * kernel HWIO [k, k, Cin/groups, Cout] with symmetric padding; impl in CONV_IMPLS."""
   k, cin, cout = kernel.shape[0], x.shape[-1], kernel.shape[-1]
+  if impl == "auto":
+    # Both forms are traced; lowering for one platform emits only that platform's (no runtime branch), and a
+    # multi-platform export selects on the platform it runs on. Not jax.default_backend(): an AOT-lowered or
+    # exported program may run on another platform than the one that traced it.
+    def form(name):
+      return lambda x, kernel: conv2d(x, kernel, stride, pad, groups, name)
+    return lax.platform_dependent(x, kernel, cpu=form("cpu_fast"), default=form("native"))
   if impl == "cpu_fast":
     if k == 1 and groups == 1:
       if pad:
@@ -192,7 +201,7 @@ def conv2d(x: Array, kernel: Array, stride: int, pad: int, groups: int, impl: st
     if groups == 1 and k == stride and pad == 0 and x.shape[-3] % k == 0 and x.shape[-2] % k == 0:
       return _patchify_dot(x, kernel)
   elif impl != "native":
-    raise ValueError(f"conv impl {impl!r} is unknown; known: native, cpu_fast (or auto)")
+    raise ValueError(f"conv impl {impl!r} is unknown; known: {', '.join(CONV_IMPLS)}")
   lead = x.shape[:-3]
   x4 = x.reshape((-1,) + x.shape[-3:])
   y = lax.conv_general_dilated(

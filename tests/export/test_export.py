@@ -74,6 +74,25 @@ def test_export_of_a_remat_run_matches(tmp_path):
   _compare(workdir, tmp_path / "clf")
 
 
+def test_each_target_platform_gets_its_own_conv_form(trained_run, exported, tmp_path):
+  """A CPU artifact carries the shift-add/dot forms (one convolution: the stem), a CUDA one exported from this
+  CPU-only machine the library convolutions, and a CPU+CUDA one both, computing on CPU what the CPU one does."""
+  def artifact(out):
+    with open(os.path.join(out, export.ARTIFACT), "rb") as f:
+      return jax.export.deserialize(bytearray(f.read()))
+  names, templates = classnames.resolve("demo:colour")
+  run = workdir_lib.load_run(trained_run)
+  for platforms in (("cuda",), ("cpu", "cuda")):
+    export.export_classifier(run, names, templates, str(tmp_path / "_".join(platforms)), platforms=platforms)
+  convs = {p: artifact(out).mlir_module().count("stablehlo.convolution")
+           for p, out in (("cpu", exported), ("cuda", tmp_path / "cuda"), ("both", tmp_path / "cpu_cuda"))}
+  assert convs["cpu"] == 1 and convs["cuda"] > 10 and convs["both"] > convs["cuda"]
+  assert artifact(tmp_path / "cpu_cuda").platforms == ("cpu", "cuda")
+  images = _images(4)
+  np.testing.assert_allclose(export.load_classifier(str(tmp_path / "cpu_cuda"))(images),
+                             export.load_classifier(str(exported))(images), rtol=1e-5, atol=1e-5)
+
+
 def test_export_directory_holds_folded_params_classes_and_manifest(tmp_path):
   workdir = make_run(tmp_path / "run")
   out = tmp_path / "clf"

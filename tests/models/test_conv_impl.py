@@ -74,16 +74,28 @@ def test_auto_is_cpu_fast_on_cpu_and_unknown_impl_is_refused():
     layers.resolve_conv_impl("xla")
 
 
-def test_cpu_fast_has_no_depthwise_or_pointwise_convolution():
-  """The point of cpu_fast: the lowered program keeps only the stem's convolution."""
-  def count_convs(impl: str) -> int:
-    enc = build_image_encoder("efficientnet_b0", width_mult=0.1, depth_mult=0.1, conv_impl=impl)
-    x = jnp.zeros((2, 32, 32, 3), jnp.float32)
-    variables = jax.eval_shape(enc.init, jax.random.PRNGKey(0), x)
-    text = jax.jit(lambda v, x: enc.apply(v, x)).lower(variables, x).as_text()
-    return text.count("stablehlo.convolution")
-  assert count_convs("cpu_fast") == 1  # the 3x3 stem on 3 channels
-  assert count_convs("native") > 10
+def test_cpu_fast_has_no_depthwise_or_pointwise_convolution_and_auto_follows_the_lowering_platform():
+  """The point of cpu_fast: the lowered program keeps only the stem's convolution. auto is decided by the
+  platform a program is lowered for, not by the process's backend: the CPU program is cpu_fast's, a CUDA
+  export from this CPU-only machine has the library convolutions, and neither keeps a runtime branch."""
+  enc_of = {impl: build_image_encoder("efficientnet_b0", width_mult=0.1, depth_mult=0.1, conv_impl=impl)
+            for impl in layers.CONV_IMPLS}
+  x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(enc_of["native"].init, jax.random.PRNGKey(0), x)
+
+  def forward(impl):
+    return jax.jit(lambda v, x: enc_of[impl].apply(v, x))
+
+  def count(text: str, op: str = "stablehlo.convolution") -> int:
+    return text.count(op)
+  assert count(forward("cpu_fast").lower(variables, x).as_text()) == 1  # the 3x3 stem on 3 channels
+  native = count(forward("native").lower(variables, x).as_text())
+  assert native > 10
+  assert count(forward("auto").lower(variables, x).as_text()) == 1
+  compiled = forward("auto").lower(variables, x).compile().as_text()
+  assert " conditional(" not in compiled and count(compiled, " convolution(") == 1
+  cuda = jax.export.export(forward("auto"), platforms=("cuda",))(variables, x).mlir_module()
+  assert count(cuda) == native
 
 
 @pytest.mark.parametrize("name,kw", [
