@@ -4,6 +4,7 @@
       [--radius-small 0.105 --radius-large 0.21]
   python bench/demo_probe.py caption-swap --workdir runs/demo [--n 96]
   python bench/demo_probe.py prompts --workdir runs/demo [--n 512]
+  python bench/demo_probe.py condition --workdir runs/demo [--n 512] [--sets 64]
 
 `supervised` trains the demo config's image tower (siglip variant: plain BatchNorm affine, grouped BN
 statistics as in training) with a linear softmax head on one attribute's labels, batch 128 in groups of 16, Adam
@@ -13,6 +14,10 @@ caption against the same caption with one attribute swapped: whether the towers 
 independently of the zero-shot prompt templates. `prompts` scores the zero-shot tasks of a trained run with the
 tasks' own templates ("a photo of a circle.") and with templates that name the other attributes too, averaged
 over their values ("a red {} ...", each colour once: a prompt ensemble shaped like the training captions).
+`condition` scores every zero-shot task of a trained hyperclip run under several choices of the norm params
+the hypernet generates at test time: from the task's class set (the default), from the first set_size training
+captions, from both sets' union, the mean of the params of `--sets` random training-caption sets, and none
+(Δ = 0: the encoder's own γ, β, which the residual mode keeps): which test-time set the tower works best with.
 One JSON line per figure.
 """
 from __future__ import annotations
@@ -155,6 +160,53 @@ def prompts(args: argparse.Namespace) -> None:
                         "step": run.step, "command": " ".join(sys.argv)}), flush=True)
 
 
+def condition(args: argparse.Namespace) -> None:
+  from hyperclip_jax import workdir as workdir_lib
+  from hyperclip_jax.data import input_pipeline, sources
+  from hyperclip_jax.evaluators import zeroshot
+  run = workdir_lib.load_run(args.workdir)
+  config = run.config
+  model = two_towers.build_model(config)
+  if model.hyper is None or config.model.variant != "hyperclip":
+    raise SystemExit(f"demo_probe condition: {args.workdir} is a {config.model.variant} run; it needs hyperclip")
+  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
+  tasks = demo.demo_tasks(config.data.image_size, args.n, object_scale=config.data.get("object_scale", 1.0))
+  mesh = sharding.make_mesh(config.mesh)
+  ev = zeroshot.ZeroShotEvaluator(model, tokenizer, [], config.data.max_len, mesh)
+  source = sources.get_source(config.data, 0)
+  k = model.set_size
+  captions = [source[i]["caption"] for i in range(k * (args.sets + 1))]
+
+  def embed(texts):
+    return ev.class_embeddings(run.params, texts, ["{}"])  # [N, D]
+  train_set = embed(captions[:k])
+  many = embed(captions[k:]).reshape(args.sets, k, -1)
+  mean_generated = jax.tree.map(lambda a: a.mean(0, keepdims=True), model.generate(run.params, many))
+  for name, task in tasks.items():
+    zcls = ev.class_embeddings(run.params, task.class_names, task.templates)
+    choices = {
+        "classes": model.generate(run.params, zcls[None]),
+        "train_captions": model.generate(run.params, train_set[None]),
+        "union": model.generate(run.params, jnp.concatenate([zcls, train_set])[None]),
+        "mean_of_sets": mean_generated,
+        "none": jax.tree.map(jnp.zeros_like, mean_generated),
+    }
+    for kind, generated in choices.items():
+      hits = n = 0
+      for images, labels in input_pipeline.make_eval_batches(task, 128):
+        b = images.shape[0]
+        pad = (-b) % mesh.size
+        if pad:
+          images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+        images = jax.device_put(images, sharding.batch_sharding(mesh))
+        logits = np.asarray(ev._classify(run.params, run.batch_stats, images, generated, zcls))[:b]
+        hits += int((logits.argmax(1) == labels).sum())
+        n += b
+      print(json.dumps({"name": f"condition/{name}/{kind}/top1", "value": round(hits / n, 4),
+                        "chance": round(1 / len(task.class_names), 4), "workdir": args.workdir, "step": run.step,
+                        "command": " ".join(sys.argv)}), flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="cmd", required=True)
@@ -171,8 +223,12 @@ def main() -> None:
   p = sub.add_parser("prompts")
   p.add_argument("--workdir", required=True)
   p.add_argument("--n", type=int, default=512)
+  p = sub.add_parser("condition")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--n", type=int, default=512)
+  p.add_argument("--sets", type=int, default=64)
   args = parser.parse_args()
-  {"supervised": supervised, "caption-swap": caption_swap, "prompts": prompts}[args.cmd](args)
+  {"supervised": supervised, "caption-swap": caption_swap, "prompts": prompts, "condition": condition}[args.cmd](args)
 
 
 if __name__ == "__main__":
