@@ -13,7 +13,8 @@ Keys per type (all optional; `type` is needed where the name is not a type):
   zeroshot      tasks (comma list of: demo, imagenet, cifar100, cifar10) or data; classes, templates, pp,
                 n_eval (0: the whole split; demo: at least 1), batch_size, condition (what the hypernet reads:
                 'classes' = each task's class prompts; 'train_captions' = the first set_size captions of the
-                training source at seed 0, one fixed set for every task)
+                training source at seed 0, one fixed set for every task; 'train_sets_mean' = the norm params
+                averaged over the first condition_sets such sets), condition_sets (default 64)
   retrieval     data (default: the demo pairs), pp, num_pairs, batch_size
   linear_probe  data (the test split), train_data (keys that differ from data, e.g. dict(split='train')),
                 classes, templates, pp, n_train, n_eval, batch_size
@@ -40,14 +41,15 @@ from hyperclip_jax.evaluators.zeroshot import format_table as _zeroshot_table
 # type -> {key: (python type, default)}; data dicts are checked by eval_data.check
 KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "zeroshot": {"tasks": (str, ""), "data": (dict, None), "classes": (str, ""), "templates": (str, ""),
-                 "pp": (str, ""), "n_eval": (int, 0), "batch_size": (int, 256), "condition": (str, "classes")},
+                 "pp": (str, ""), "n_eval": (int, 0), "batch_size": (int, 256), "condition": (str, "classes"),
+                 "condition_sets": (int, 64)},
     "retrieval": {"data": (dict, {"name": "demo"}), "pp": (str, ""), "num_pairs": (int, 512),
                   "batch_size": (int, 256)},
     "linear_probe": {"data": (dict, None), "train_data": (dict, {}), "classes": (str, ""), "templates": (str, ""),
                      "pp": (str, ""), "n_train": (int, 1000), "n_eval": (int, 1000), "batch_size": (int, 256)},
 }
 TYPES = tuple(KEYS)
-CONDITIONS = ("classes", "train_captions")  # zeroshot `condition`: the set the hypernet reads at test time
+CONDITIONS = ("classes", "train_captions", "train_sets_mean")  # zeroshot `condition`: what the hypernet reads
 
 
 def _settings(name: str, raw: Any) -> tuple[str, dict[str, Any]]:
@@ -78,7 +80,7 @@ def _settings(name: str, raw: Any) -> tuple[str, dict[str, Any]]:
 
 def _check(name: str, kind: str, s: dict[str, Any]) -> None:
   where = f"config.evals.{name}"
-  for key in ("batch_size", "num_pairs", "n_train"):
+  for key in ("batch_size", "num_pairs", "n_train", "condition_sets"):
     if key in s and s[key] < 1:
       raise ConfigError(f"{where}.{key}={s[key]} must be at least 1")
   if s.get("n_eval", 0) < 0:
@@ -182,15 +184,25 @@ def _zeroshot_tasks(config: ml_collections.ConfigDict, name: str, s: dict[str, A
 
 
 def _condition_texts(config: ml_collections.ConfigDict, name: str, s: dict[str, Any]) -> list[str] | None:
-  """The fixed conditioning set of condition='train_captions' (None for 'classes')."""
+  """The fixed conditioning texts of condition='train_captions' (one set) or 'train_sets_mean' (condition_sets
+  sets, consecutive), None for 'classes'."""
   if s["condition"] == "classes":
     return None
   from hyperclip_jax.data import sources
   if config.data.get("name", "demo") in sources.STREAMING:
-    raise ValueError(f"config.evals.{name}.condition='train_captions' needs a random-access training source; "
+    raise ValueError(f"config.evals.{name}.condition={s['condition']!r} needs a random-access training source; "
                      f"config.data.name={config.data.name!r} is streamed: use condition='classes'")
   source = sources.get_source(config.data, 0)
-  return [source[i]["caption"] for i in range(min(config.model.hyper.set_size, len(source)))]
+  k = config.model.hyper.set_size
+  n = k * _condition_sets(s)
+  if n > len(source):
+    raise ValueError(f"config.evals.{name}: {_condition_sets(s)} conditioning sets of {k} captions need {n} "
+                     f"training samples; the source has {len(source)}: lower condition_sets")
+  return [source[i]["caption"] for i in range(n)]
+
+
+def _condition_sets(s: dict[str, Any]) -> int:
+  return s["condition_sets"] if s["condition"] == "train_sets_mean" else 1
 
 
 def _retrieval(config, model, tokenizer, name: str, s: dict[str, Any]) -> Any:
@@ -268,7 +280,7 @@ def build(config: ml_collections.ConfigDict, model: Any, tokenizer: Any, mesh: j
     kind, s = _settings(name, evals[name])
     if kind == "zeroshot":
       evaluator = zeroshot.ZeroShotEvaluator(model, tokenizer, _zeroshot_tasks(config, name, s), config.data.max_len,
-                                             mesh, _condition_texts(config, name, s))
+                                             mesh, _condition_texts(config, name, s), _condition_sets(s))
       tasks = [t.name for t in evaluator.tasks]
     elif kind == "retrieval":
       evaluator = _retrieval(config, model, tokenizer, name, s)

@@ -4,8 +4,9 @@ class names x templates -> text tower -> per-class mean embedding (renormalised)
   -> hypernet over the task's class set (siglip: skipped) -> image tower with those norm params
   -> logits = zimg @ zclsᵀ -> top-1 / top-5.
 The image tower runs in eval mode (BatchNorm running averages), with the whole eval set as one group.
-`condition_texts` replaces the class set as the hypernet's input by a fixed set of texts (e.g. ordinary
-training captions): the same norm params for every task, an ablation of how the set is chosen at test time.
+`condition_texts` replaces the class set as the hypernet's input by fixed texts (e.g. ordinary training
+captions), read as `condition_sets` sets of equal size whose generated norm params are averaged: the same norm
+params for every task, an ablation of how the set is chosen at test time.
 """
 from __future__ import annotations
 
@@ -33,9 +34,13 @@ class ZeroShotEvaluator:
   """Runs every task; results are {task: {'top1', 'top5', 'chance', 'num_classes', 'num_images'}}."""
 
   def __init__(self, model: two_towers.TwoTowers, tokenizer: Any, tasks: Iterable[ClassificationTask],
-               max_len: int, mesh: jax.sharding.Mesh, condition_texts: Sequence[str] | None = None):
+               max_len: int, mesh: jax.sharding.Mesh, condition_texts: Sequence[str] | None = None,
+               condition_sets: int = 1):
     self.model, self.tokenizer, self.tasks, self.max_len, self.mesh = model, tokenizer, list(tasks), max_len, mesh
     self.condition_texts = list(condition_texts) if condition_texts else None  # None: each task's class set
+    if self.condition_texts is not None and (condition_sets < 1 or len(self.condition_texts) % condition_sets):
+      raise ValueError(f"{len(self.condition_texts)} conditioning texts do not split into {condition_sets} sets")
+    self.condition_sets = condition_sets
     self._encode_text = jax.jit(model.encode_text)
     self._generate = jax.jit(model.generate)
     self._classify = jax.jit(self._logits, out_shardings=sharding.replicated(mesh))  # every host reads all
@@ -56,9 +61,10 @@ class ZeroShotEvaluator:
     zcls = self.class_embeddings(params, task.class_names, task.templates)
     if self.condition_texts is None:
       generated = self._generate(params, zcls[None])  # one set: the task's classes
-    else:  # one set: the fixed texts, each embedded as it is
+    else:  # the fixed texts, each embedded as it is, as condition_sets sets; their norm params averaged
       zset = self.class_embeddings(params, self.condition_texts, ["{}"])  # [N, D]
-      generated = self._generate(params, zset[None])
+      generated = self._generate(params, zset.reshape(self.condition_sets, -1, zset.shape[-1]))
+      generated = jax.tree.map(lambda leaf: leaf.mean(0, keepdims=True), generated)  # [1, C] leaves
     k = min(5, len(task.class_names))
     hits1 = hitsk = n = 0
     for images, labels in task.batches():

@@ -15,11 +15,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEMO = os.path.join(ROOT, "configs", "demo.py")
 
 
-def _config(condition: str) -> ml_collections.ConfigDict:
+def _config(condition: str, **extra) -> ml_collections.ConfigDict:
   config = config_lib.load_config(f"{DEMO}:tiny=true")
   config.evals = ml_collections.ConfigDict(dict(zeroshot=dict(
       type="zeroshot", data=dict(name="demo", tasks="colour"), n_eval=16, batch_size=16,
-      condition=condition)))
+      condition=condition, **extra)))
   return config
 
 
@@ -47,7 +47,37 @@ def test_train_captions_condition_on_the_first_set_size_training_captions():
   assert by_captions["num_images"] == by_classes["num_images"] == 16
 
 
+def test_train_sets_mean_averages_the_norm_params_of_consecutive_caption_sets():
+  config = _config("train_sets_mean", condition_sets=3)
+  model = two_towers.build_model(config)
+  variables = model.init(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda p: p + 0.3 * rng.normal(size=p.shape).astype(p.dtype), variables["params"])
+  zs = evaluators.build(config, model, tokenizers.get_tokenizer(config.data.tokenizer),
+                        sharding.make_mesh(config.mesh)).parts[0][1]
+  k = config.model.hyper.set_size
+  source = sources.get_source(config.data, 0)
+  assert zs.condition_texts == [source[i]["caption"] for i in range(3 * k)] and zs.condition_sets == 3
+  used = []  # the norm params the image tower runs with
+  classify = zs._classify
+  zs._classify = lambda p, bs, images, generated, zcls: used.append(generated) or classify(p, bs, images,
+                                                                                             generated, zcls)
+  zs.run_task(params, variables["batch_stats"], zs.tasks[0])
+  z = zs.class_embeddings(params, zs.condition_texts, ["{}"]).reshape(3, k, -1)
+  per_set = [model.generate(params, z[i:i + 1]) for i in range(3)]
+  want = jax.tree.map(lambda *leaves: np.mean(np.stack(leaves), 0), *per_set)
+  got = used[0]
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w, a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(per_set[0]),
+                        jax.tree.leaves(per_set[1])):
+    assert g.shape == w.shape == a.shape and g.shape[0] == 1
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(per_set[0]), jax.tree.leaves(per_set[1]))) > 1e-3
+
+
 def test_unknown_condition_is_a_config_error():
   with pytest.raises(config_lib.ConfigError, match=r"config.evals.zeroshot.condition='tasks' is unknown; known: "
-                                                   "classes, train_captions"):
+                                                   "classes, train_captions, train_sets_mean"):
     evaluators.validate(_config("tasks"))
+  with pytest.raises(config_lib.ConfigError, match=r"config.evals.zeroshot.condition_sets=0 must be at least 1"):
+    evaluators.validate(_config("train_sets_mean", condition_sets=0))
