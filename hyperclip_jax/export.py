@@ -3,7 +3,9 @@
   hyperclip-export --workdir runs/demo --classes demo:colour --out runs/demo/export_colour
   hyperclip-export --workdir RUN --classes imagenet1k|cifar100|cifar10|classes.txt [--templates FILE] --out DIR
 
-The text tower and hypernet run once, here, over the class prompts; BatchNorm running statistics and the
+The text tower and hypernet run once, here, over the class prompts (or, with --condition train_sets_mean, over
+sets of training captions whose generated norm params are averaged: hyperclip-eval's condition of that name);
+BatchNorm running statistics and the
 generated scale/bias are folded into the convolutions before them (ViTs keep their LayerNorms with the
 generated values baked in). DIR then holds:
   classifier.jaxexport  serialized jax.export artifact (StableHLO, weights embedded): uint8 images
@@ -100,18 +102,31 @@ def class_embeddings(model: Any, params: Any, tokenizer: Any, max_len: int, clas
   return np.asarray(two_towers.l2_normalize(jnp.asarray(z.mean(1))))
 
 
-def unfolded_logits(model: Any, params: Any, batch_stats: Any, zcls: Any, images: Any) -> jax.Array:
-  """The reference: zero-shot logits of the unfolded model (eval mode) for float images [N, S, S, 3] in [-1, 1]."""
-  generated = model.generate(params, jnp.asarray(zcls)[None])
+CONDITIONS = ("classes", "train_sets_mean")  # what the hypernet reads at export (evaluators.CONDITIONS' names)
+
+
+def generate_norms(model: Any, params: Any, zsets: Any) -> Any:
+  """Norm params for sets of text embeddings [K, S, D], averaged over the K sets: leaves [1, C]; None for siglip."""
+  generated = model.generate(params, jnp.asarray(zsets))
+  return None if generated is None else jax.tree.map(lambda leaf: leaf.mean(0, keepdims=True), generated)
+
+
+def unfolded_logits(model: Any, params: Any, batch_stats: Any, zcls: Any, images: Any,
+                    zsets: Any = None) -> jax.Array:
+  """The reference: zero-shot logits of the unfolded model (eval mode) for float images [N, S, S, 3] in [-1, 1];
+  the hypernet reads zsets [K, S, D] (default: the class set)."""
+  generated = generate_norms(model, params, jnp.asarray(zcls)[None] if zsets is None else zsets)
   zimg, _ = model.encode_image(params, batch_stats, images[None], generated, train=False)
   return jnp.exp(params["t"]) * zimg[0] @ jnp.asarray(zcls).T + params["b"]
 
 
-def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray) -> tuple[Any, Any]:
-  """-> (folded image-tower params, fn(folded, uint8 images [N, S, S, 3]) -> logits [N, C])."""
+def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray,
+                    zsets: Any = None) -> tuple[Any, Any]:
+  """-> (folded image-tower params, fn(folded, uint8 images [N, S, S, 3]) -> logits [N, C]); the hypernet reads
+  zsets [K, S, D] (default: one set, the task's classes)."""
   from hyperclip_jax.models import fold, layers, two_towers
   variables = {"params": params["img"], "batch_stats": batch_stats["img"]}
-  generated = model.generate(params, jnp.asarray(zcls)[None])  # one set: the task's classes; None for siglip
+  generated = generate_norms(model, params, jnp.asarray(zcls)[None] if zsets is None else zsets)
   if generated is not None:
     variables[layers.GENERATED] = generated
   norms = fold.trace_norms(model.image, variables, model.image_size)
@@ -127,8 +142,12 @@ def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray)
 
 
 def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[str], out_dir: str,
-                      platforms: Sequence[str] = ("cpu",)) -> dict[str, Any]:
-  """Writes the classifier of `run` (a workdir.Run) for `class_names` to out_dir; returns the manifest."""
+                      platforms: Sequence[str] = ("cpu",), condition: str = "classes",
+                      condition_sets: int = 64) -> dict[str, Any]:
+  """Writes the classifier of `run` (a workdir.Run) for `class_names` to out_dir; returns the manifest.
+
+  condition: the hypernet reads the class prompts ('classes') or condition_sets sets of training captions,
+  its norm params averaged ('train_sets_mean', as hyperclip-eval's condition of that name)."""
   import orbax.checkpoint as ocp
   from hyperclip_jax.data import tokenizers
   from hyperclip_jax.models import two_towers
@@ -137,6 +156,10 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
                       f"{len(class_names) - len(set(class_names))} duplicate(s)")
   if not templates or any(t.count("{}") != 1 for t in templates):
     raise ExportError("every prompt template needs exactly one {} for the class name, e.g. 'a photo of a {}.'")
+  if condition not in CONDITIONS:
+    raise ExportError(f"condition {condition!r} is unknown; known: {', '.join(CONDITIONS)}")
+  if condition_sets < 1:
+    raise ExportError(f"condition_sets={condition_sets} must be at least 1")
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown:
     raise ExportError(f"platform {unknown[0]!r} is unknown; known: {', '.join(PLATFORMS)}")
@@ -154,7 +177,16 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
   tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   params, batch_stats = jax.device_get(run.params), jax.device_get(run.batch_stats)
   zcls = class_embeddings(model, params, tokenizer, config.data.max_len, class_names, templates)
-  folded, logits = fold_classifier(model, params, batch_stats, zcls)
+  zsets = None
+  if condition == "train_sets_mean" and model.hyper is not None:
+    from hyperclip_jax import evaluators
+    try:
+      captions = evaluators.condition_captions(config, condition_sets)
+    except ValueError as e:
+      raise ExportError(f"condition {condition!r}: {e}") from None
+    zset = class_embeddings(model, params, tokenizer, config.data.max_len, captions, ["{}"])
+    zsets = zset.reshape(condition_sets, -1, zset.shape[-1])
+  folded, logits = fold_classifier(model, params, batch_stats, zcls, zsets)
   s = model.image_size
   consts = jax.tree.map(jnp.asarray, folded)
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"n, {s}, {s}, 3"), jnp.uint8)
@@ -183,6 +215,7 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
       "logits": "temperature * <zimg, zclass> + bias",
       "score": "softmax" if config.loss.name == "softmax" else "sigmoid",
       "num_classes": len(class_names), "num_templates": len(templates), "templates": list(templates),
+      "condition": condition if condition == "classes" else {condition: condition_sets},
       "source": {"workdir": os.path.abspath(run.workdir), "step": int(run.step), "config_hash": run.config_hash},
       "platforms": list(platforms), "jax_version": jax.__version__, "artifact": ARTIFACT,
   }
@@ -203,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--platforms", default=None,
                       help="comma-separated: cpu, cuda, rocm, tpu (default: this machine's backend, and cpu)")
   parser.add_argument("--format", default="stablehlo", choices=("stablehlo", "tflite"))
+  parser.add_argument("--condition", default="classes", choices=CONDITIONS,
+                      help="what the hypernet reads: the class prompts, or --condition-sets sets of training "
+                           "captions with their norm params averaged")
+  parser.add_argument("--condition-sets", type=int, default=64, help="sets for --condition train_sets_mean")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   from hyperclip_jax import workdir as workdir_lib
   from hyperclip_jax.evaluators import classnames
@@ -214,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = workdir_lib.load_run(args.workdir, args.step)
     here = jax.export.default_export_platform()
     platforms = args.platforms.split(",") if args.platforms else list(dict.fromkeys([here, "cpu"]))
-    manifest = export_classifier(run, names, templates, args.out, platforms=platforms)
+    manifest = export_classifier(run, names, templates, args.out, platforms=platforms, condition=args.condition,
+                                 condition_sets=args.condition_sets)
   except (ExportError, classnames.ClassListError, workdir_lib.RunError) as e:
     print(f"hyperclip-export: error: {e}", file=sys.stderr)
     return 2

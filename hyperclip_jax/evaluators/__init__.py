@@ -188,21 +188,29 @@ def _condition_texts(config: ml_collections.ConfigDict, name: str, s: dict[str, 
   sets, consecutive), None for 'classes'."""
   if s["condition"] == "classes":
     return None
-  from hyperclip_jax.data import sources
-  if config.data.get("name", "demo") in sources.STREAMING:
-    raise ValueError(f"config.evals.{name}.condition={s['condition']!r} needs a random-access training source; "
-                     f"config.data.name={config.data.name!r} is streamed: use condition='classes'")
-  source = sources.get_source(config.data, 0)
-  k = config.model.hyper.set_size
-  n = k * _condition_sets(s)
-  if n > len(source):
-    raise ValueError(f"config.evals.{name}: {_condition_sets(s)} conditioning sets of {k} captions need {n} "
-                     f"training samples; the source has {len(source)}: lower condition_sets")
-  return [source[i]["caption"] for i in range(n)]
+  try:
+    return condition_captions(config, _condition_sets(s))
+  except ValueError as e:
+    raise ValueError(f"config.evals.{name}.condition={s['condition']!r}: {e}") from None
 
 
 def _condition_sets(s: dict[str, Any]) -> int:
   return s["condition_sets"] if s["condition"] == "train_sets_mean" else 1
+
+
+def condition_captions(config: ml_collections.ConfigDict, sets: int) -> list[str]:
+  """The first sets x set_size captions of the training source at seed 0: the fixed test-time conditioning
+  texts of condition='train_captions' (sets=1) and 'train_sets_mean', consecutive set_size per set."""
+  from hyperclip_jax.data import sources
+  if config.data.get("name", "demo") in sources.STREAMING:
+    raise ValueError(f"it needs a random-access training source; config.data.name={config.data.name!r} is "
+                     "streamed: condition on the classes instead")
+  source = sources.get_source(config.data, 0)
+  n = config.model.hyper.set_size * sets
+  if n > len(source):
+    raise ValueError(f"{sets} conditioning set(s) of {config.model.hyper.set_size} captions need {n} training "
+                     f"samples; the source has {len(source)}: use fewer sets")
+  return [source[i]["caption"] for i in range(n)]
 
 
 def _retrieval(config, model, tokenizer, name: str, s: dict[str, Any]) -> Any:

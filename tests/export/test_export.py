@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from export_runs import ROOT, make_run
-from hyperclip_jax import export
+from hyperclip_jax import evaluators, export
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.evaluators import classnames
@@ -91,6 +91,33 @@ def test_each_target_platform_gets_its_own_conv_form(trained_run, exported, tmp_
   images = _images(4)
   np.testing.assert_allclose(export.load_classifier(str(tmp_path / "cpu_cuda"))(images),
                              export.load_classifier(str(exported))(images), rtol=1e-5, atol=1e-5)
+
+
+def test_export_conditioned_on_the_mean_of_training_caption_sets(trained_run, exported, tmp_path):
+  """--condition train_sets_mean: the folded classifier computes the unfolded model under the norm params
+  averaged over the sets (hyperclip-eval's condition), not those of the class set."""
+  out = tmp_path / "clf"
+  assert export.main(["--workdir", trained_run, "--classes", "demo:colour", "--out", str(out), "--platforms", "cpu",
+                      "--condition", "train_sets_mean", "--condition-sets", "2"]) == 0
+  clf = export.load_classifier(str(out))
+  assert clf.manifest["condition"] == {"train_sets_mean": 2}
+  run = workdir_lib.load_run(trained_run)
+  model = two_towers.build_model(run.config)
+  params, batch_stats = jax.device_get(run.params), jax.device_get(run.batch_stats)
+  tok = tokenizers.get_tokenizer(run.config.data.tokenizer)
+  zcls = export.class_embeddings(model, params, tok, run.config.data.max_len, clf.classes, clf.manifest["templates"])
+  captions = evaluators.condition_captions(run.config, 2)
+  zset = export.class_embeddings(model, params, tok, run.config.data.max_len, captions, ["{}"])
+  zsets = zset.reshape(2, run.config.model.hyper.set_size, -1)
+  images = _images(6)
+  x = jnp.asarray(images, jnp.float32) * (2 / 255) - 1
+  ref = np.asarray(export.unfolded_logits(model, params, batch_stats, zcls, x, zsets))
+  got = clf(images)
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+  by_classes = export.load_classifier(str(exported))(images)
+  assert np.abs(by_classes - got).max() > 1e-3  # the conditioning set matters
+  assert export.main(["--workdir", trained_run, "--classes", "demo:colour", "--out", str(tmp_path / "bad"),
+                      "--condition", "train_sets_mean", "--condition-sets", "0"]) == 2
 
 
 def test_export_directory_holds_folded_params_classes_and_manifest(tmp_path):
