@@ -199,7 +199,8 @@ def condition(args: argparse.Namespace) -> None:
         if pad:
           images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
         images = jax.device_put(images, sharding.batch_sharding(mesh))
-        logits = np.asarray(ev._classify(run.params, run.batch_stats, images, generated, zcls))[:b]
+        zimg = np.asarray(ev._embed_images(run.params, run.batch_stats, images, generated))[:b]
+        logits = zimg @ np.asarray(zcls).T
         hits += int((logits.argmax(1) == labels).sum())
         n += b
       print(json.dumps({"name": f"condition/{name}/{kind}/top1", "value": round(hits / n, 4),

@@ -58,8 +58,9 @@ MODES = {
                  encoder="mobilenetv3_large_100"),
     "quick": Mode("quick", "", steps=40, eval_every=20, seeds=(0, 1), n_eval=128, set_sizes=(4,),
                   encoder="mobilenetv3_large_100", warmup_steps=10, ablations=("condition",)),
+    # tests: one ablation that compiles its own program and one that changes only the evaluation
     "tiny": Mode("tiny", "tiny=true", steps=8, eval_every=4, seeds=(0, 1), n_eval=32, set_sizes=(2,),
-                 encoder="mobilenetv3_small_100"),
+                 encoder="mobilenetv3_small_100", ablations=("bn_stats", "condition")),
 }
 
 

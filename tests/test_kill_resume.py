@@ -7,13 +7,13 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 120
+STEPS = 40
 
 
 def _command(workdir):
   return [sys.executable, "-m", "hyperclip_jax.train", "--config", "configs/demo.py:tiny=true",
-          "--workdir", workdir, f"--config.total_steps={STEPS}", "--config.checkpoint_every_steps=10",
-          "--config.log_every_steps=10"]
+          "--workdir", workdir, f"--config.total_steps={STEPS}", "--config.checkpoint_every_steps=5",
+          "--config.log_every_steps=5"]
 
 
 def _checksum(workdir):

@@ -43,18 +43,22 @@ class ZeroShotEvaluator:
     self.condition_sets = condition_sets
     self._encode_text = jax.jit(model.encode_text)
     self._generate = jax.jit(model.generate)
-    self._classify = jax.jit(self._logits, out_shardings=sharding.replicated(mesh))  # every host reads all
+    # The image tower is compiled once per batch shape, whatever the task's class count: the logits against
+    # the class embeddings are a small matmul outside it. Every host reads all embeddings.
+    self._embed_images = jax.jit(self._image_embeddings, out_shardings=sharding.replicated(mesh))
     self._n_dev = mesh.size
 
-  def _logits(self, params, batch_stats, images, generated, zcls):
+  def _image_embeddings(self, params, batch_stats, images, generated):
     zimg, _ = self.model.encode_image(params, batch_stats, images[None], generated, train=False)
-    return zimg[0] @ zcls.T  # [b, C]
+    return zimg[0]  # [b, D]
 
   def class_embeddings(self, params: Any, class_names: Sequence[str], templates: Sequence[str]) -> jax.Array:
     """Per-class mean of the templated prompt embeddings, renormalised: [C, D]."""
     texts = [t.format(c) for c in class_names for t in templates]
     tokens = self.tokenizer.encode(texts, self.max_len)
-    z = self._encode_text(params, jnp.asarray(tokens)).reshape(len(class_names), len(templates), -1)
+    rows = max(64, 1 << (len(texts) - 1).bit_length())  # a power-of-two bucket: few text-tower compiles
+    tokens = np.concatenate([tokens, np.zeros((rows - len(texts),) + tokens.shape[1:], tokens.dtype)])
+    z = self._encode_text(params, jnp.asarray(tokens))[:len(texts)].reshape(len(class_names), len(templates), -1)
     return two_towers.l2_normalize(z.mean(1))
 
   def run_task(self, params: Any, batch_stats: Any, task: ClassificationTask) -> dict[str, float]:
@@ -65,6 +69,7 @@ class ZeroShotEvaluator:
       zset = self.class_embeddings(params, self.condition_texts, ["{}"])  # [N, D]
       generated = self._generate(params, zset.reshape(self.condition_sets, -1, zset.shape[-1]))
       generated = jax.tree.map(lambda leaf: leaf.mean(0, keepdims=True), generated)  # [1, C] leaves
+    zcls_t = np.asarray(zcls, np.float32).T  # [D, C]
     k = min(5, len(task.class_names))
     hits1 = hitsk = n = 0
     for images, labels in task.batches():
@@ -73,7 +78,8 @@ class ZeroShotEvaluator:
       if pad:
         images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
       images = jax.device_put(images, sharding.batch_sharding(self.mesh))
-      logits = np.asarray(self._classify(params, batch_stats, images, generated, zcls))[:b]
+      zimg = self._embed_images(params, batch_stats, images, generated)
+      logits = np.asarray(zimg)[:b] @ zcls_t  # [b, C]
       topk = np.argsort(-logits, axis=1)[:, :k]
       hits1 += int((topk[:, 0] == labels).sum())
       hitsk += int((topk == labels[:, None]).any(1).sum())
