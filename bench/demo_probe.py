@@ -181,7 +181,7 @@ def condition(args: argparse.Namespace) -> None:
     return ev.class_embeddings(run.params, texts, ["{}"])  # [N, D]
   train_set = embed(captions[:k])
   many = embed(captions[k:]).reshape(args.sets, k, -1)
-  mean_generated = jax.tree.map(lambda a: a.mean(0, keepdims=True), model.generate(run.params, many))
+  mean_generated = model.generate_mean(run.params, many)
   for name, task in tasks.items():
     zcls = ev.class_embeddings(run.params, task.class_names, task.templates)
     choices = {

@@ -5,9 +5,8 @@
 
 The text tower and hypernet run once, here, over the class prompts (or, with --condition train_sets_mean, over
 sets of training captions whose generated norm params are averaged: hyperclip-eval's condition of that name);
-BatchNorm running statistics and the
-generated scale/bias are folded into the convolutions before them (ViTs keep their LayerNorms with the
-generated values baked in). DIR then holds:
+BatchNorm running statistics and the generated scale/bias are folded into the convolutions before them (ViTs
+keep their LayerNorms with the generated values baked in). DIR then holds:
   classifier.jaxexport  serialized jax.export artifact (StableHLO, weights embedded): uint8 images
                         [N, S, S, 3] -> logits [N, C], any N
   params/               the folded parameters, class embeddings and t, b as an Orbax checkpoint
@@ -105,17 +104,11 @@ def class_embeddings(model: Any, params: Any, tokenizer: Any, max_len: int, clas
 CONDITIONS = ("classes", "train_sets_mean")  # what the hypernet reads at export (evaluators.CONDITIONS' names)
 
 
-def generate_norms(model: Any, params: Any, zsets: Any) -> Any:
-  """Norm params for sets of text embeddings [K, S, D], averaged over the K sets: leaves [1, C]; None for siglip."""
-  generated = model.generate(params, jnp.asarray(zsets))
-  return None if generated is None else jax.tree.map(lambda leaf: leaf.mean(0, keepdims=True), generated)
-
-
 def unfolded_logits(model: Any, params: Any, batch_stats: Any, zcls: Any, images: Any,
                     zsets: Any = None) -> jax.Array:
   """The reference: zero-shot logits of the unfolded model (eval mode) for float images [N, S, S, 3] in [-1, 1];
   the hypernet reads zsets [K, S, D] (default: the class set)."""
-  generated = generate_norms(model, params, jnp.asarray(zcls)[None] if zsets is None else zsets)
+  generated = model.generate_mean(params, jnp.asarray(zcls)[None] if zsets is None else jnp.asarray(zsets))
   zimg, _ = model.encode_image(params, batch_stats, images[None], generated, train=False)
   return jnp.exp(params["t"]) * zimg[0] @ jnp.asarray(zcls).T + params["b"]
 
@@ -126,7 +119,7 @@ def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray,
   zsets [K, S, D] (default: one set, the task's classes)."""
   from hyperclip_jax.models import fold, layers, two_towers
   variables = {"params": params["img"], "batch_stats": batch_stats["img"]}
-  generated = generate_norms(model, params, jnp.asarray(zcls)[None] if zsets is None else zsets)
+  generated = model.generate_mean(params, jnp.asarray(zcls)[None] if zsets is None else jnp.asarray(zsets))
   if generated is not None:
     variables[layers.GENERATED] = generated
   norms = fold.trace_norms(model.image, variables, model.image_size)

@@ -42,7 +42,7 @@ class ZeroShotEvaluator:
       raise ValueError(f"{len(self.condition_texts)} conditioning texts do not split into {condition_sets} sets")
     self.condition_sets = condition_sets
     self._encode_text = jax.jit(model.encode_text)
-    self._generate = jax.jit(model.generate)
+    self._generate = jax.jit(model.generate_mean)
     # The image tower is compiled once per batch shape, whatever the task's class count: the logits against
     # the class embeddings are a small matmul outside it. Every host reads all embeddings.
     self._embed_images = jax.jit(self._image_embeddings, out_shardings=sharding.replicated(mesh))
@@ -67,8 +67,7 @@ class ZeroShotEvaluator:
       generated = self._generate(params, zcls[None])  # one set: the task's classes
     else:  # the fixed texts, each embedded as it is, as condition_sets sets; their norm params averaged
       zset = self.class_embeddings(params, self.condition_texts, ["{}"])  # [N, D]
-      generated = self._generate(params, zset.reshape(self.condition_sets, -1, zset.shape[-1]))
-      generated = jax.tree.map(lambda leaf: leaf.mean(0, keepdims=True), generated)  # [1, C] leaves
+      generated = self._generate(params, zset.reshape(self.condition_sets, -1, zset.shape[-1]))  # [1, C] leaves
     zcls_t = np.asarray(zcls, np.float32).T  # [D, C]
     k = min(5, len(task.class_names))
     hits1 = hitsk = n = 0

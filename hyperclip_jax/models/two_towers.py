@@ -105,6 +105,12 @@ class TwoTowers:
       raise ValueError(f"generate expects a non-empty set of text embeddings [G, S, D]; got {ztxt_groups.shape}")
     return self.hyper.apply({"params": params["hyper"]}, ztxt_groups, mask)
 
+  def generate_mean(self, params: Params, ztxt_groups: Array) -> Any | None:
+    """generate() averaged over the G sets: one norm-param tree with leaves [1, C] for every image (test-time
+    conditioning on several sets at once); None for siglip."""
+    generated = self.generate(params, ztxt_groups)
+    return None if generated is None else jax.tree.map(lambda leaf: leaf.mean(0, keepdims=True), generated)
+
   def encode_image(self, params: Params, batch_stats: Any, images: Array, generated: Any | None = None,
                    train: bool = False, rng: Array | None = None) -> tuple[Array, Any]:
     """images [B, H, W, 3] or grouped [G, S, H, W, 3] -> (L2-normalised zimg, updated batch_stats).
