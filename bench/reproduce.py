@@ -109,7 +109,7 @@ def make_config(mode: Mode, run: RunSpec) -> Any:
       node = node[p]
     if key in node and type(node[key]) is not type(value):
       raise ValueError(f"study override {dotted}={value!r}: the config's value has type {type(node[key]).__name__}")
-    with node.unlocked():  # bn_stats and condition are not in configs/demo.py: their defaults are the code's
+    with node.unlocked():  # (a key configs/demo.py lacks is added)
       node[key] = value
   return config
 
@@ -276,8 +276,8 @@ def write_markdown(path: str, results: dict[str, Any], throughput: dict[str, Any
   lines.append("| (seed std of hyperclip) | noise scale of one row | "
                + " | ".join(f"{summary[t]['hyperclip']['std']:.3f}" for t in tasks) + " |")
   lines += ["", "The ablation rows are one seed each: a difference to the first row smaller than about twice the "
-            "seed std (last row) is noise. `bn_stats` and `condition` are not keys of configs/demo.py; their code "
-            "defaults (`group`, `classes`) are what every other run uses. `condition=train_captions` trains exactly "
+            "seed std (last row) is noise. Every other run uses configs/demo.py's `bn_stats` and `condition` "
+            "(`group`, `classes`). `condition=train_captions` trains exactly "
             "the first row's model (same params_checksum) and conditions the hypernet at test time on "
             f"{'the first set_size captions of the training data'} instead of each task's class prompts.", "",
             "![zero-shot top-1 vs. step](results.png)", ""]

@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.t_init = math.log(10.0)  # SigLIP's t' = log 10
   c.model.b_init = -10.0  # SigLIP's b
   c.model.image = ml_collections.ConfigDict(dict(
-      name=arg.encoder, width_mult=0.25, depth_mult=0.34, norm_mode="residual", drop_path_rate=0.0))
+      name=arg.encoder, width_mult=0.25, depth_mult=0.34, norm_mode="residual", drop_path_rate=0.0,
+      bn_stats="group"))  # BatchNorm training statistics: per group of set_size images | global (the batch)
   c.model.text = ml_collections.ConfigDict(dict(
       width=128, depth=2, heads=4, mlp_dim=256, causal=True, pool="eot"))
   c.model.hyper = ml_collections.ConfigDict(dict(set_size=16, width=128, depth=2, heads=4, bottleneck=64))
@@ -49,6 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="demo", image_size=64, max_len=32, tokenizer="demo_words", two_objects_prob=0.0,
       partial_caption_prob=0.2, contrast_prob=0.0, contrast_group=2,
+      # what a contrast-set variant changes (a name given twice is changed twice as often)
+      contrast_attributes=("shape", "shape", "texture", "texture", "colour", "size", "position"),
       object_scale=1.0,  # object radii x this (the eval tasks render with the same scale)
       read_threads=1,
       worker_count=0))

@@ -147,8 +147,12 @@ def _factory(name: str) -> Callable[..., nn.Module]:
   def make(width_mult: float = 1.0, depth_mult: float = 1.0, norm_mode: str = "residual", dtype: Any = None,
            drop_path_rate: float = 0.0, *, width: int | None = None, depth: int | None = None,
            heads: int | None = None, mlp_dim: int | None = None, patch_size: int = 16,
-           image_size: int = 224, remat: bool = False, conv_impl: str = "auto") -> VisionTransformer:
+           image_size: int = 224, remat: bool = False, conv_impl: str = "auto",
+           bn_stats: str = "group") -> VisionTransformer:
     """width_mult scales the number of heads at a fixed head dim (64); explicit width/heads/... win."""
+    if bn_stats != "group":  # the CNN configs' key; a ViT's LayerNorms have no batch statistics
+      raise ValueError(f"{name}: bn_stats={bn_stats!r} does not apply to a ViT (LayerNorm, no batch statistics); "
+                       "leave config.model.image.bn_stats at 'group'")
     if width_mult <= 0 or depth_mult <= 0:
       raise ValueError(f"{name}: width_mult and depth_mult must be > 0; got {width_mult}, {depth_mult}")
     head_dim = base_width // base_heads

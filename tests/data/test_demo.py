@@ -85,6 +85,18 @@ def test_contrast_sets_differ_from_their_first_scene_in_one_named_attribute():
     DemoSource(32, contrast_group=1)
 
 
+def test_contrast_attributes_choose_what_the_variants_change():
+  source = DemoSource(32, seed=1, two_objects_prob=0.0, contrast_prob=1.0, contrast_attributes=("texture",))
+  for i in range(1, 60, 2):
+    (_, base), (_, variant) = source.sample(i - 1), source.sample(i)
+    a, b = base.objects[0], variant.objects[0]
+    assert [x for x in demo.ATTRIBUTES if getattr(a, x) != getattr(b, x)] == ["texture"], (base, variant)
+    assert variant.caption != base.caption
+  for bad in ((), ("texture", "weight"), "texture"):
+    with pytest.raises(ValueError, match="contrast_attributes"):
+      DemoSource(32, contrast_attributes=bad)
+
+
 def test_contrast_sets_off_leave_the_stream_unchanged():
   plain, off = DemoSource(32, seed=5), DemoSource(32, seed=5, contrast_prob=0.0)
   on = DemoSource(32, seed=5, contrast_prob=0.5)

@@ -178,3 +178,6 @@ def test_bad_inputs_raise_clear_errors(tiny):
     jax.eval_shape(build_image_encoder(NAME, width=30, heads=4).init, jax.random.PRNGKey(0),
                    jnp.zeros((1, 224, 224, 3)))
   assert (build_image_encoder(NAME).default_size, build_image_encoder(NAME).min_size) == (224, 16)
+  assert build_image_encoder(NAME, bn_stats="group").default_size == 224  # the CNN configs' default key
+  with pytest.raises(ValueError, match="does not apply to a ViT"):
+    build_image_encoder(NAME, bn_stats="global")

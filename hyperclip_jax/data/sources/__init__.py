@@ -8,6 +8,7 @@ images, decoded by config.data.pp, and may raise `BadSample` for an item (skippe
 """
 from typing import Any, Callable
 
+from hyperclip_jax.data.sources import demo
 from hyperclip_jax.data.sources.demo import DemoSource, ZeroShotTask, demo_tasks
 
 
@@ -18,6 +19,7 @@ def _demo(config_data: Any, seed: int) -> DemoSource:
       partial_caption_prob=config_data.get("partial_caption_prob", 0.2),
       contrast_prob=config_data.get("contrast_prob", 0.0),
       contrast_group=config_data.get("contrast_group", 2),
+      contrast_attributes=tuple(config_data.get("contrast_attributes", demo.CONTRAST_ATTRIBUTES)),
       object_scale=config_data.get("object_scale", 1.0))
 
 

@@ -30,6 +30,8 @@ SIZES = ("small", "large")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right", "center")
 TEXTURES = ("solid", "striped", "outlined")
 ATTRIBUTES = ("colour", "shape", "size", "position", "texture")
+# What a contrast-set variant changes, by default (repeats weigh more: shape and texture twice as often).
+CONTRAST_ATTRIBUTES = ("shape", "shape", "texture", "texture", "colour", "size", "position")
 
 # Never rendered in training; each colour at most once, so every colour and shape still trains elsewhere.
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
@@ -178,7 +180,8 @@ class DemoSource:
   def __init__(self, image_size: int = 64, seed: int = 0, two_objects_prob: float = 0.3,
                partial_caption_prob: float = 0.2, stream: int = _TRAIN_STREAM,
                pairs: Sequence[tuple[str, str]] = SEEN_PAIRS, contrast_prob: float = 0.0,
-               contrast_group: int = 2, object_scale: float = 1.0):
+               contrast_group: int = 2, object_scale: float = 1.0,
+               contrast_attributes: Sequence[str] = CONTRAST_ATTRIBUTES):
     for name, p in (("two_objects_prob", two_objects_prob), ("partial_caption_prob", partial_caption_prob),
                     ("contrast_prob", contrast_prob)):
       if not 0.0 <= p <= 1.0:
@@ -194,6 +197,11 @@ class DemoSource:
     if not isinstance(contrast_group, int) or contrast_group < 2:
       raise ValueError(f"demo contrast_group={contrast_group!r} must be an int >= 2 (scenes per contrast set)")
     self.contrast_prob, self.contrast_group = contrast_prob, contrast_group
+    unknown = [a for a in contrast_attributes if a not in ATTRIBUTES]
+    if not contrast_attributes or isinstance(contrast_attributes, str) or unknown:
+      raise ValueError(f"demo contrast_attributes={contrast_attributes!r} must be a non-empty tuple of names from "
+                       f"{ATTRIBUTES} (a name given twice is changed twice as often)")
+    self.contrast_attributes = tuple(contrast_attributes)
     if not 0.5 <= object_scale <= 1.5:  # above ~1.0 large stars and triangles at the corners touch the border
       raise ValueError(f"demo object_scale={object_scale!r} must be in [0.5, 1.5] (1.0: the default radii "
                        f"{_RADIUS['small']}/{_RADIUS['large']} of the image size)")
@@ -227,7 +235,7 @@ class DemoSource:
     return self._draw_objects(rng, two, fixed)
 
   def _contrast(self, rng: np.random.Generator, base: DemoObject) -> DemoObject:
-    """base with one attribute changed (shape or texture twice as often as the others), and named.
+    """base with one attribute changed, drawn from `contrast_attributes` (repeats weigh more), and named.
 
     Stream positions come in contrast sets of `contrast_group` consecutive scenes: the first is drawn as usual,
     each other one is (with probability contrast_prob) a variant of it with one attribute changed. A batch then
@@ -236,7 +244,7 @@ class DemoSource:
     negative, and a contrastive model learns those first and shape not at all: feature suppression).
     """
     for _ in range(16):  # the changed (colour, shape) pair must be one this source draws from
-      attr = _pick(rng, ("shape", "shape", "texture", "texture", "colour", "size", "position"))
+      attr = _pick(rng, self.contrast_attributes)
       current = getattr(base, attr)
       values = {"colour": tuple(COLOURS), "shape": SHAPES, "size": SIZES, "position": POSITIONS,
                 "texture": TEXTURES}[attr]
