@@ -73,17 +73,18 @@ class RunSpec:
   ablation: str = ""  # '' for the main runs; else the ablation's row label
 
 
-def study(mode: Mode, default_set_size: int) -> list[RunSpec]:
+def study(mode: Mode, default_set_size: int, default_bn_stats: str = "group") -> list[RunSpec]:
   """The main runs (every variant x seed), then the ablations (hyperclip, first seed, one override each)."""
   runs = [RunSpec(f"{v}_s{s}", v, s) for v in VARIANTS for s in mode.seeds]
   s0 = mode.seeds[0]
+  other_bn = "group" if default_bn_stats == "global" else "global"
   ablations = [("set_size", RunSpec(f"abl_set_size{size}", "hyperclip", s0, (("model.hyper.set_size", size),),
                                     f"hyper.set_size={size} (default {default_set_size})")) for size in mode.set_sizes]
   ablations += [
       ("norm_mode", RunSpec("abl_norm_replace", "hyperclip", s0, (("model.image.norm_mode", "replace"),),
                             "image.norm_mode=replace (default residual)")),
-      ("bn_stats", RunSpec("abl_bn_global", "hyperclip", s0, (("model.image.bn_stats", "global"),),
-                           "image.bn_stats=global (default group)")),
+      ("bn_stats", RunSpec(f"abl_bn_{other_bn}", "hyperclip", s0, (("model.image.bn_stats", other_bn),),
+                           f"image.bn_stats={other_bn} (default {default_bn_stats})")),
       ("encoder", RunSpec("abl_encoder", "hyperclip", s0, (("model.image.name", mode.encoder),),
                           f"image.name={mode.encoder} (default efficientnet_b0), same width/depth multipliers")),
       ("condition", RunSpec("abl_cond_captions", "hyperclip", s0, (("evals.zeroshot.condition", "train_captions"),),
@@ -333,8 +334,8 @@ def run_study(mode: Mode, out: str, runs_dir: str, command: str) -> dict[str, An
   """Trains (or reads back) every run of the study in runs_dir/<name> and writes the four outputs to `out`."""
   import jax
   from hyperclip_jax import config as config_lib
-  default_set_size = make_config(mode, RunSpec("x", "hyperclip", 0)).model.hyper.set_size
-  specs = study(mode, default_set_size)
+  base = make_config(mode, RunSpec("x", "hyperclip", 0))
+  specs = study(mode, base.model.hyper.set_size, base.model.image.get("bn_stats", "group"))
   configs = {s.name: make_config(mode, s) for s in specs}
   for name, config in configs.items():  # every run's config is checked before the first one trains
     try:

@@ -182,6 +182,10 @@ def _validate_scale_out(config: ml_collections.ConfigDict, num_devices: int, gro
   k = config.get("accum_steps", 1)
   if k < 1:
     raise ConfigError(f"config.accum_steps={k} must be at least 1")
+  if k > 1 and config.model.image.get("bn_stats", "group") == "global":
+    raise ConfigError(
+        f"config.accum_steps={k} with config.model.image.bn_stats='global': GradCache is exact only with per-group "
+        "BatchNorm statistics (a micro-batch cannot see the whole batch's); set bn_stats='group' or accum_steps=1")
   if groups % (num_devices * k):
     s = config.model.hyper.set_size
     raise ConfigError(
