@@ -44,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"  # bf16 compute on TPU/GPU; params and optimizer state stay f32
   c.model.conv_impl = "auto"  # native library convs on TPU/GPU, shift-add/dot forms on CPU (same math)
   c.model.image.update(dict(name=ALIASES.get(arg.encoder, arg.encoder), width_mult=1.0, depth_mult=1.0,
-                            norm_mode="residual", drop_path_rate=0.0))
+                            norm_mode="residual", drop_path_rate=0.0,
+                            bn_stats="group"))  # per set (the code's default; exact under accum_steps > 1)
   c.model.text = ml_collections.ConfigDict(dict(preset="paper"))  # 12 x 768, 8 heads, MLP 2560, causal
   c.model.hyper.update(dict(set_size=32, width=256, depth=2, heads=4, bottleneck=64))
 
