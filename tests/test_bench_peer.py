@@ -61,3 +61,17 @@ def test_figure_line_has_the_bench_fields(capsys):
   assert printed == row
   assert {"name", "value", "unit", "backend", "device", "command"} <= set(printed)
   assert printed["value"] == 12.5 and printed["backend"] == "cpu" and printed["command"].startswith("python bench/")
+
+
+def test_profile_summary_sums_xla_ops_by_kind_and_skips_runtime_events():
+  import profile_step  # bench/profile_step.py
+  events = [
+      {"ph": "X", "name": "multiply_add_fusion.7", "dur": 30}, {"ph": "X", "name": "multiply_add_fusion.12", "dur": 10},
+      {"ph": "X", "name": "dot.3", "dur": 5}, {"ph": "X", "name": "dot.3", "dur": 5},
+      {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 1000}, {"ph": "X", "name": "$api.py:1 jit", "dur": 1000},
+      {"ph": "X", "name": "SlinkyThreadPool::Await", "dur": 1000}, {"ph": "i", "name": "dot.3", "dur": 99},
+  ]
+  per_op, per_kind, calls = profile_step.summarize(events)
+  assert per_kind == {"multiply_add_fusion": 40, "dot": 10}
+  assert per_op["dot.3"] == 10 and calls["dot.3"] == 2 and calls["multiply_add_fusion.7"] == 1
+  assert profile_step.op_kind("copy_bitcast_fusion.87") == "copy_bitcast_fusion"
