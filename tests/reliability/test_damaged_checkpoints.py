@@ -46,7 +46,10 @@ def test_damaged_latest_falls_back_with_a_warning(reference, tmp_path):
   proc = run(workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
   warning = next(l for l in proc.stderr.splitlines() if l.startswith("WARNING: checkpoint"))
-  assert "step 12 (array contents differ from the fingerprint" in warning and ", step 8 (" in warning
+  # Flipped bytes usually decode to wrong values (caught by the fingerprint); where they land on a chunk's
+  # framing in the OCDBT file (its layout varies between runs), the read itself fails. Both must be caught.
+  assert ("step 12 (array contents differ from the fingerprint" in warning
+          or "step 12 (restore failed: " in warning) and ", step 8 (" in warning, warning
   assert "resuming from step 4 instead" in warning
   assert "resumed from step 4" in proc.stderr
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints_damaged"))) == ["12", "8"]
