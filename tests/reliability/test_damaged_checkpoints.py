@@ -77,3 +77,22 @@ def test_no_usable_checkpoint_stops_unless_resume_fresh(reference, tmp_path, cap
   assert "config.resume=fresh: starting from step 0" in capfd.readouterr().err
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints_previous"))) == ["12", "4", "8"]
   assert last_metrics(workdir)["params_checksum"] == reference[1]
+
+
+def test_arrays_that_disagree_with_their_saved_fingerprint_are_damaged(reference, tmp_path):
+  """The fingerprint detector alone, deterministically: step 12's arrays read fine but no longer match the
+  fingerprint saved with them (here the saved value is changed, as if the arrays had decoded to other values)."""
+  import json
+  workdir = _copy_run(reference[0], tmp_path / "run")
+  meta = os.path.join(workdir, "checkpoints", "12", "meta", "metadata")
+  with open(meta, encoding="utf-8") as f:
+    saved = json.load(f)
+  saved["_run"]["fingerprint"] = "0" * len(saved["_run"]["fingerprint"])
+  with open(meta, "w", encoding="utf-8") as f:
+    json.dump(saved, f)
+  proc = run(workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  warning = next(l for l in proc.stderr.splitlines() if l.startswith("WARNING: checkpoint"))
+  assert "step 12 (array contents differ from the fingerprint" in warning, warning
+  assert "resumed from step 8" in proc.stderr
+  assert last_metrics(workdir)["params_checksum"] == reference[1]
