@@ -4,7 +4,7 @@
       [--steps 3] [--top 15] [--trace-dir DIR]
 
 Builds the same step as bench/vs_open_clip.py (its `make_config`: the demo config at full encoder width and
-depth, demo text tower), compiles and warms it up, then traces `--steps` steps with `jax.profiler.trace(...,
+depth, demo text tower) with bench/train_step.py's setup, compiles and warms it up, then traces `--steps` steps with `jax.profiler.trace(...,
 create_perfetto_trace=True)` and reads the Perfetto JSON it writes. Every complete event whose name is an XLA op
 of the compiled step (a fusion, dot, convolution, copy, ...) is summed; op kinds are the names without their
 numeric suffix (`multiply_add_fusion.763` -> `multiply_add_fusion`). On the CPU backend ops of one step may run
@@ -29,11 +29,8 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vs_open_clip  # noqa: E402  (bench/ is not a package)
-
-from hyperclip_jax import optim, sharding, train  # noqa: E402
-from hyperclip_jax.data import input_pipeline, tokenizers  # noqa: E402
-from hyperclip_jax.models import two_towers  # noqa: E402
+import train_step  # noqa: E402  (bench/ is not a package)
+import vs_open_clip  # noqa: E402
 
 # Events of the runtime and of Python, not XLA ops of the step.
 _NOT_OPS = re.compile(r"^(\$|ThunkExecutor|SlinkyThreadPool|PjitFunction|Thunk|TfrtCpu|PjRt|XlaModule|"
@@ -76,18 +73,8 @@ def main(argv: list[str]) -> None:
   def emit(name: str, value: float, unit: str, **extra) -> None:
     print(json.dumps(dict(name=name, value=value, unit=unit, **base, **extra)), flush=True)
 
-  cfg = vs_open_clip.make_config(args.encoder, args.size, args.batch, args.variant)
-  mesh = sharding.make_mesh(cfg.mesh)
-  model = two_towers.build_model(cfg)
-  rng = jax.random.PRNGKey(cfg.seed)
-  tx, schedule = optim.make_optimizer(cfg.optim, cfg.total_steps, jax.eval_shape(model.init, rng)["params"])
-  state = train.init_state(model, tx, rng, mesh)
-  repl = sharding.replicated(mesh)
-  step = jax.jit(train.make_train_step(model, tx, cfg.loss.name, schedule), donate_argnums=(0,),
-                 out_shardings=(repl, repl))
-  it = input_pipeline.make_train_iterator(cfg.data, tokenizers.get_tokenizer(cfg.data.tokenizer), cfg.batch_size,
-                                          seed=cfg.seed)
-  batch = sharding.put_batch({k: v for k, v in next(it).items() if k in ("image", "text")}, mesh)
+  config = vs_open_clip.make_config(args.encoder, args.size, args.batch, args.variant)
+  _, _, rng, state, step, _, batch = train_step._setup(config, args.variant)  # bench/train_step.py's step
   state, metrics = step(state, batch, rng)  # compile + warm-up
   jax.block_until_ready(metrics)
 
