@@ -277,8 +277,8 @@ def write_markdown(path: str, results: dict[str, Any], throughput: dict[str, Any
   lines.append("| (seed std of hyperclip) | noise scale of one row | "
                + " | ".join(f"{summary[t]['hyperclip']['std']:.3f}" for t in tasks) + " |")
   lines += ["", "The ablation rows are one seed each: a difference to the first row smaller than about twice the "
-            "seed std (last row) is noise. Every other run uses configs/demo.py's `bn_stats` and `condition` "
-            "(`group`, `classes`). `condition=train_captions` trains exactly "
+            "seed std (last row) is noise. Every other run uses configs/demo.py's `bn_stats` and `condition` (the "
+            "defaults named in the rows above). `condition=train_captions` trains exactly "
             "the first row's model (same params_checksum) and conditions the hypernet at test time on "
             f"{'the first set_size captions of the training data'} instead of each task's class prompts.", "",
             "![zero-shot top-1 vs. step](results.png)", ""]

@@ -19,7 +19,7 @@ def _demo(config_data: Any, seed: int) -> DemoSource:
       partial_caption_prob=config_data.get("partial_caption_prob", 0.2),
       contrast_prob=config_data.get("contrast_prob", 0.0),
       contrast_group=config_data.get("contrast_group", 2),
-      contrast_attributes=tuple(config_data.get("contrast_attributes", demo.CONTRAST_ATTRIBUTES)),
+      contrast_attributes=config_data.get("contrast_attributes", demo.CONTRAST_ATTRIBUTES),
       object_scale=config_data.get("object_scale", 1.0))
 
 
