@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # what a contrast-set variant changes (a name given twice is changed twice as often)
       contrast_attributes=("shape", "shape", "texture", "texture", "colour", "size", "position"),
       object_scale=1.0,  # object radii x this (the eval tasks render with the same scale)
+      solid_named_prob=0.4,  # how often a caption that names texture says "solid" (the unmarked case)
       read_threads=1,
       worker_count=0))
 

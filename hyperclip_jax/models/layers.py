@@ -7,6 +7,7 @@ affine, which is a broadcast over the G axis. An ungrouped batch [B, H, W, 3] is
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -210,20 +211,70 @@ def conv2d(x: Array, kernel: Array, stride: int, pad: int, groups: int, impl: st
   return y.reshape(lead + y.shape[1:])
 
 
-def _depthwise_shift_add(x: Array, taps: Array, stride: int, pad: int) -> Array:
-  """Depthwise conv as a sum of k·k shifted, strided slices times per-channel taps [k, k, C]."""
+def _pad_hw(x: Array, h: tuple[int, int], w: tuple[int, int], interior: int = 0) -> Array:
+  """Zero-pads the spatial axes of [..., H, W, C] by (low, high) each (a negative high crops; interior dilates)."""
+  cfg = [(0, 0, 0)] * (x.ndim - 3) + [(*h, interior), (*w, interior), (0, 0, 0)]
+  return lax.pad(x, jnp.zeros((), x.dtype), cfg)
+
+
+def _tap_window(xp: Array, i: int, j: int, stride: int, ho: int, wo: int) -> Array:
+  """The [..., ho, wo, C] window of padded xp that tap (i, j) of a strided depthwise conv reads."""
+  a = xp.ndim - 3
+  xp = lax.slice_in_dim(xp, i, i + (ho - 1) * stride + 1, stride, axis=a)
+  return lax.slice_in_dim(xp, j, j + (wo - 1) * stride + 1, stride, axis=a + 1)
+
+
+def _shift_add(xp: Array, taps: Array, stride: int, ho: int, wo: int) -> Array:
+  """sum over taps (i, j) of window(i, j) * taps[i, j]: one fusion reading xp k·k times."""
   k = taps.shape[0]
-  h, w = x.shape[-3], x.shape[-2]
-  ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-  xp = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(pad, pad), (pad, pad), (0, 0)])
   out = None
   for i in range(k):
     for j in range(k):
-      patch = lax.slice_in_dim(xp, i, i + (ho - 1) * stride + 1, stride, axis=x.ndim - 3)
-      patch = lax.slice_in_dim(patch, j, j + (wo - 1) * stride + 1, stride, axis=x.ndim - 2)
-      term = patch * taps[i, j]
+      term = _tap_window(xp, i, j, stride, ho, wo) * taps[i, j]
       out = term if out is None else out + term
   return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_shift_add(x: Array, taps: Array, stride: int, pad: int) -> Array:
+  """Depthwise conv as a sum of k·k shifted, strided windows of the padded input times per-channel taps [k, k, C].
+
+  The gradients are written out (_depthwise_bwd) rather than left to autodiff, for XLA's CPU fusion: autodiff
+  reuses the forward's k·k windows in the taps' gradient, so XLA materialises every window as its own buffer
+  (k·k full-size writes per layer, each recomputing the BatchNorm and activation before it); its input
+  gradient is a sum of k·k padded copies. Here the forward's windows feed only the forward's one fusion, and
+  both gradients are shift-adds over the cotangent, padded (and for stride > 1 dilated) once.
+  """
+  return _depthwise_fwd(x, taps, stride, pad)[0]
+
+
+def _depthwise_fwd(x: Array, taps: Array, stride: int, pad: int) -> tuple[Array, tuple[Array, Array]]:
+  k = taps.shape[0]
+  ho, wo = (x.shape[-3] + 2 * pad - k) // stride + 1, (x.shape[-2] + 2 * pad - k) // stride + 1
+  return _shift_add(_pad_hw(x, (pad, pad), (pad, pad)), taps, stride, ho, wo), (x, taps)
+
+
+def _depthwise_bwd(stride: int, pad: int, res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+  """With gd = g dilated by the stride and padded by k - 1 - pad (so that it aligns with x):
+    dx            = sum over (i, j) of window(i, j) of gd · taps[k-1-i, k-1-j]   (a stride-1 shift-add)
+    dtaps[k-1-i, k-1-j] = sum over batch and positions of x · window(i, j) of gd.
+  The taps' windows are cut from a copy of gd padded one more on every side, so XLA does not merge them with
+  dx's windows into k·k materialised buffers."""
+  x, taps = res
+  k = taps.shape[0]
+  h, w = x.shape[-3], x.shape[-2]
+  ho, wo = g.shape[-3], g.shape[-2]
+  lo, hi_h, hi_w = k - 1 - pad, h + pad - (ho - 1) * stride - 1, w + pad - (wo - 1) * stride - 1
+  gd = _pad_hw(g, (lo, hi_h), (lo, hi_w), stride - 1)
+  dx = _shift_add(gd, taps[::-1, ::-1], 1, h, w)
+  gq = _pad_hw(g, (lo + 1, hi_h + 1), (lo + 1, hi_w + 1), stride - 1)
+  axes = tuple(range(g.ndim - 1))
+  dtaps = jnp.stack([jnp.stack([jnp.sum(x * _tap_window(gq, k - i, k - j, 1, h, w), axis=axes)
+                                for j in range(k)]) for i in range(k)])
+  return dx, dtaps.astype(taps.dtype)
+
+
+_depthwise_shift_add.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def _patchify_dot(x: Array, kernel: Array) -> Array:

@@ -97,6 +97,30 @@ def test_contrast_attributes_choose_what_the_variants_change():
       DemoSource(32, contrast_attributes=bad)
 
 
+def test_solid_named_prob_sets_how_often_solid_is_said():
+  """A caption that names a solid object's texture says "solid" with probability solid_named_prob; other textures
+  are always said when texture is mentioned, and the images do not depend on the knob."""
+  said = {}
+  for p in (0.0, 0.4, 1.0):
+    source = DemoSource(32, seed=3, two_objects_prob=0.0, partial_caption_prob=0.0, solid_named_prob=p)
+    hits = n = 0
+    for i in range(300):
+      image, scene = source.sample(i)
+      obj = scene.objects[0]
+      if obj.texture == "solid":
+        n += 1
+        hits += demo.caption_mentions(scene.caption, "texture", "solid")
+      else:
+        assert demo.caption_mentions(scene.caption, "texture", obj.texture), scene.caption
+      if p == 0.4 and i < 20:
+        np.testing.assert_array_equal(image, DemoSource(32, seed=3, two_objects_prob=0.0, partial_caption_prob=0.0,
+                                                        solid_named_prob=1.0).sample(i)[0])
+    said[p] = hits / n
+  assert said[0.0] == 0.0 and said[1.0] == 1.0 and 0.25 < said[0.4] < 0.55, said
+  with pytest.raises(ValueError, match="solid_named_prob"):
+    DemoSource(32, solid_named_prob=1.5)
+
+
 def test_contrast_sets_off_leave_the_stream_unchanged():
   plain, off = DemoSource(32, seed=5), DemoSource(32, seed=5, contrast_prob=0.0)
   on = DemoSource(32, seed=5, contrast_prob=0.5)

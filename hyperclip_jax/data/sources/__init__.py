@@ -20,7 +20,8 @@ def _demo(config_data: Any, seed: int) -> DemoSource:
       contrast_prob=config_data.get("contrast_prob", 0.0),
       contrast_group=config_data.get("contrast_group", 2),
       contrast_attributes=config_data.get("contrast_attributes", demo.CONTRAST_ATTRIBUTES),
-      object_scale=config_data.get("object_scale", 1.0))
+      object_scale=config_data.get("object_scale", 1.0),
+      solid_named_prob=config_data.get("solid_named_prob", 0.4))
 
 
 def _manifest(config_data: Any, seed: int) -> Any:

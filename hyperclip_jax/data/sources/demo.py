@@ -181,9 +181,9 @@ class DemoSource:
                partial_caption_prob: float = 0.2, stream: int = _TRAIN_STREAM,
                pairs: Sequence[tuple[str, str]] = SEEN_PAIRS, contrast_prob: float = 0.0,
                contrast_group: int = 2, object_scale: float = 1.0,
-               contrast_attributes: Sequence[str] = CONTRAST_ATTRIBUTES):
+               contrast_attributes: Sequence[str] = CONTRAST_ATTRIBUTES, solid_named_prob: float = 0.4):
     for name, p in (("two_objects_prob", two_objects_prob), ("partial_caption_prob", partial_caption_prob),
-                    ("contrast_prob", contrast_prob)):
+                    ("contrast_prob", contrast_prob), ("solid_named_prob", solid_named_prob)):
       if not 0.0 <= p <= 1.0:
         raise ValueError(f"demo {name}={p} must be a probability in [0, 1]")
     if seed < 0 or stream < 0:
@@ -193,6 +193,7 @@ class DemoSource:
     self.seed, self.stream = int(seed), int(stream)
     self.two_objects_prob = two_objects_prob
     self.partial_caption_prob = partial_caption_prob
+    self.solid_named_prob = float(solid_named_prob)
     self.pairs = tuple(pairs)
     if not isinstance(contrast_group, int) or contrast_group < 2:
       raise ValueError(f"demo contrast_group={contrast_group!r} must be an int >= 2 (scenes per contrast set)")
@@ -297,21 +298,22 @@ class DemoSource:
 
   def _caption(self, rng: np.random.Generator, objects: Sequence[DemoObject]) -> str:
     if len(objects) == 1:
-      prefix, phrase = _pick(rng, _PREFIXES), _phrase(rng, objects[0], allow_reorder=True)
+      prefix, phrase = _pick(rng, _PREFIXES), _phrase(rng, objects[0], True, self.solid_named_prob)
       if phrase.startswith(("in ", "at ")):
         prefix = ""  # "in the middle, a red circle" takes no "a photo of"
       return prefix + phrase + _pick(rng, ("", "."))
-    a, b = (_phrase(rng, o, allow_reorder=False) for o in objects)
+    a, b = (_phrase(rng, o, False, self.solid_named_prob) for o in objects)
     form = int(rng.integers(4))
     text = (f"{a} and {b}", f"two shapes: {a} and {b}", f"a photo of {a} and {b}", f"{a}, {b}")[form]
     return text + _pick(rng, ("", "."))
 
 
-def _phrase(rng: np.random.Generator, obj: DemoObject, allow_reorder: bool) -> str:
-  """Noun phrase for one object that names exactly its `mentioned` attributes."""
+def _phrase(rng: np.random.Generator, obj: DemoObject, allow_reorder: bool, solid_named_prob: float) -> str:
+  """Noun phrase for one object that names exactly its `mentioned` attributes (a solid texture only with
+  probability solid_named_prob: it is the unmarked case)."""
   word = {a: _pick(rng, SYNONYMS[a][getattr(obj, a)]) for a in obj.mentioned}
-  if "texture" in word and obj.texture == "solid" and rng.random() < 0.6:
-    word["texture"] = ""  # solid is the unmarked case; say it only sometimes
+  if "texture" in word and obj.texture == "solid" and rng.random() < 1.0 - solid_named_prob:
+    word["texture"] = ""
   noun = word.get("shape") or _pick(rng, _GENERIC_NOUNS)
   pos = word.get("position", "")
   det = _pick(rng, ("a", "a", "one", "the"))
