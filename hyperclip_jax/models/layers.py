@@ -269,9 +269,12 @@ def _depthwise_bwd(stride: int, pad: int, res: tuple[Array, Array], g: Array) ->
   dx = _shift_add(gd, taps[::-1, ::-1], 1, h, w)
   gq = _pad_hw(g, (lo + 1, hi_h + 1), (lo + 1, hi_w + 1), stride - 1)
   axes = tuple(range(g.ndim - 1))
-  dtaps = jnp.stack([jnp.stack([jnp.sum(x * _tap_window(gq, k - i, k - j, 1, h, w), axis=axes)
-                                for j in range(k)]) for i in range(k)])
-  return dx, dtaps.astype(taps.dtype)
+
+  def tap_sum(_, t):  # a loop, so that XLA keeps gq one buffer instead of materialising k·k windows of it
+    start = (0,) * (x.ndim - 3) + (k - t // k, k - t % k, 0)
+    return None, jnp.sum(x * lax.dynamic_slice(gq, start, x.shape), axis=axes)
+  _, dtaps = lax.scan(tap_sum, None, jnp.arange(k * k))
+  return dx, dtaps.reshape(taps.shape).astype(taps.dtype)
 
 
 _depthwise_shift_add.defvjp(_depthwise_fwd, _depthwise_bwd)
