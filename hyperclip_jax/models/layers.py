@@ -242,8 +242,9 @@ def _depthwise_shift_add(x: Array, taps: Array, stride: int, pad: int) -> Array:
   The gradients are written out (_depthwise_bwd) rather than left to autodiff, for XLA's CPU fusion: autodiff
   reuses the forward's k·k windows in the taps' gradient, so XLA materialises every window as its own buffer
   (k·k full-size writes per layer, each recomputing the BatchNorm and activation before it); its input
-  gradient is a sum of k·k padded copies. Here the forward's windows feed only the forward's one fusion, and
-  both gradients are shift-adds over the cotangent, padded (and for stride > 1 dilated) once.
+  gradient is a sum of k·k padded copies. Here the forward's windows feed only the forward's one fusion, the
+  input gradient is a shift-add over the cotangent, padded (and for stride > 1 dilated) once, and the taps'
+  gradient is a loop of k·k reductions over one padded cotangent buffer.
   """
   return _depthwise_fwd(x, taps, stride, pad)[0]
 
@@ -258,8 +259,9 @@ def _depthwise_bwd(stride: int, pad: int, res: tuple[Array, Array], g: Array) ->
   """With gd = g dilated by the stride and padded by k - 1 - pad (so that it aligns with x):
     dx            = sum over (i, j) of window(i, j) of gd · taps[k-1-i, k-1-j]   (a stride-1 shift-add)
     dtaps[k-1-i, k-1-j] = sum over batch and positions of x · window(i, j) of gd.
-  The taps' windows are cut from a copy of gd padded one more on every side, so XLA does not merge them with
-  dx's windows into k·k materialised buffers."""
+  The taps' windows are dynamic slices, one per step of a lax.scan over the taps, of gq (gd padded one more on
+  every side: unrolled, XLA merged these windows with dx's and materialised k·k of them); the loop keeps gq one
+  buffer. (Whether gd itself could serve both is untested.)"""
   x, taps = res
   k = taps.shape[0]
   h, w = x.shape[-3], x.shape[-2]
