@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 	@echo "true classes: $$(cut -f2 $(WORKDIR)/demo_images/captions.txt | tr '\n' ' ')"
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --dist loadfile -q --durations=40 tests
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=40 tests
 
 # Reference outputs for tests/models/test_timm_parity.py, from timm in its own venv (torch never enters .venv).
 GOLDEN_VENV := .venv-golden

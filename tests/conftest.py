@@ -8,3 +8,29 @@ os.environ.setdefault(
 # Every program is cached, the sub-second ones too: a warm tiny training run has ~80 of them (eager ops, the
 # per-task evaluation programs), ~5 s of compiles each time it starts.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+# Scheduling: `make test` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`, which hands out whole files in
+# collection order. The files that take minutes (cold compiles, subprocess trainings; figures from `--durations`
+# of a fresh-clone run) go first, longest first, so that the short files fill the end and neither worker idles
+# while the other finishes a long one. Files not listed keep their order after these.
+SLOW_FILES_FIRST = (
+    "tests/test_reproduce.py",
+    "tests/export/test_export.py",
+    "tests/reliability/test_interrupted_runs.py",
+    "tests/test_train.py",
+    "tests/scale_out/test_multiprocess.py",
+    "tests/scale_out/test_restore_topology.py",
+    "tests/scale_out/test_mesh_equivalence.py",
+    "tests/models/test_two_towers.py",
+    "tests/evaluators/test_registry.py",
+    "tests/scale_out/test_grad_cache.py",
+    "tests/data/test_train_real_data.py",
+    "tests/reliability/test_damaged_checkpoints.py",
+    "tests/reliability/test_kill_resume.py",
+    "tests/reliability/test_soak.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {path: i for i, path in enumerate(SLOW_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
