@@ -66,6 +66,18 @@ def test_cpu_fast_matches_native_forward_and_gradients(name):
   assert np.abs(native[2]).max() > 0.1  # the gradient check is not vacuous
 
 
+@pytest.mark.parametrize("name", [n for n in sorted(CASES) if n.startswith("dw")])
+@pytest.mark.parametrize("block_rows", [1, 3])
+def test_depthwise_taps_gradient_in_blocks_of_rows_matches_native(name, block_rows, monkeypatch):
+  """The taps' gradient loops over blocks of rows (whole tensors above, at these sizes): 1-row and (where H
+  allows) 2- or 3-row blocks give the native gradients too."""
+  cin, _, _, _, _, _, _, h, w = CASES[name]
+  monkeypatch.setattr(layers, "TAP_GRAD_BLOCK_BYTES", block_rows * 2 * 3 * w * cin * 4)  # x is [2, 3, h, w, cin]
+  native, blocked = _run(CASES[name], "native"), _run(CASES[name], "cpu_fast")
+  for what, a, b in zip(("dx", "dkernel"), native[1:], blocked[1:]):
+    np.testing.assert_allclose(b, a, rtol=0, atol=TOL * max(1.0, float(np.abs(a).max())), err_msg=f"{name}: {what}")
+
+
 def test_auto_is_cpu_fast_on_cpu_and_unknown_impl_is_refused():
   assert jax.default_backend() == "cpu"
   assert layers.resolve_conv_impl("auto") == "cpu_fast"
