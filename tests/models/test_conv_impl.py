@@ -66,14 +66,21 @@ def test_cpu_fast_matches_native_forward_and_gradients(name):
   assert np.abs(native[2]).max() > 0.1  # the gradient check is not vacuous
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(CASES) if n.startswith("dw")])
+# The depthwise cases, and one whose H (12) gives 5x5 stride-2 blocks of 3 rows.
+BLOCK_CASES = {**{n: c for n, c in CASES.items() if n.startswith("dw")},
+               "dw5_s2_h12": (8, 8, 5, 2, 8, False, None, 12, 9)}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCK_CASES))
 @pytest.mark.parametrize("block_rows", [1, 3])
 def test_depthwise_taps_gradient_in_blocks_of_rows_matches_native(name, block_rows, monkeypatch):
-  """The taps' gradient loops over blocks of rows (whole tensors above, at these sizes): 1-row and (where H
-  allows) 2- or 3-row blocks give the native gradients too."""
-  cin, _, _, _, _, _, _, h, w = CASES[name]
+  """The taps' gradient loops over blocks of rows (whole tensors above, at these sizes). A budget of block_rows
+  rows of x gives blocks of the largest divisor of H up to block_rows (1, 2 or 3 rows here; every H > 3, so
+  always several blocks), which must give the native gradients too."""
+  case = BLOCK_CASES[name]
+  cin, _, _, _, _, _, _, h, w = case
   monkeypatch.setattr(layers, "TAP_GRAD_BLOCK_BYTES", block_rows * 2 * 3 * w * cin * 4)  # x is [2, 3, h, w, cin]
-  native, blocked = _run(CASES[name], "native"), _run(CASES[name], "cpu_fast")
+  native, blocked = _run(case, "native"), _run(case, "cpu_fast")
   for what, a, b in zip(("dx", "dkernel"), native[1:], blocked[1:]):
     np.testing.assert_allclose(b, a, rtol=0, atol=TOL * max(1.0, float(np.abs(a).max())), err_msg=f"{name}: {what}")
 

@@ -21,5 +21,5 @@ def test_kill_9_then_rerun_is_bit_exact(reference, tmp_path):
 
   rerun = run(killed)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f"resumed from step {steps[-1]}" in rerun.stderr  # the newest complete checkpoint the kill left
+  assert f"resumed from step {steps[-1]} (" in rerun.stderr  # the newest complete checkpoint the kill left
   assert last_metrics(killed)["params_checksum"] == reference[1]
