@@ -273,7 +273,8 @@ def _depthwise_bwd(stride: int, pad: int, res: tuple[Array, Array], g: Array) ->
 
 
 # Bytes of x per step of the taps' gradient's outer loop: blocks that stay in cache while the k·k taps read them
-# (b0's big layers at 224 px: 2-2.7x faster than one loop over whole tensors; bench/profile_step.py).
+# (b0's big layers at 224 px: 2-2.7x faster than one loop over whole tensors; the whole b0 step 4.9 -> 4.4 s,
+# `bench/step_ab.py --size 224 --tap-block-bytes 1000000000000,3145728`; docs/benchmarks.md, session 8).
 TAP_GRAD_BLOCK_BYTES = 3 << 20
 
 
