@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# GPU figures in one short run (parts capped at GPU_SH_BUDGET=350 s in all; see docs/benchmarks.md). Every part
+# GPU figures in one short run (parts capped at GPU_SH_BUDGET=520 s in all; see docs/benchmarks.md). Every part
 # prints JSON lines and is time-boxed by `timeout`; a part that fails or runs out of time prints one
 # {"part": ..., "status": ...} line and the script goes on:
 #   1. train step, demo config (efficientnet_b0 x0.25, 64 px, batch 128, f32): siglip, hyperclip, loader
 #   2. train step, efficientnet_b0 full size, 224 px, batch 256, bf16 compute
-#   3. conv_impl parity on the GPU: native vs cpu_fast convolutions, forward and gradients (bench/conv_parity.py;
-#      prints one 'skipped' line while config.model has no conv_impl key)
-#   4. exported classifier latency at batch 1 and 32, 224 px: exported vs plain encoder vs timm eager PyTorch
+#   3. exported classifier latency at batch 1 and 32, 224 px: exported vs plain encoder vs timm eager PyTorch
 #      channels_last on the same GPU and input (bench/export.py)
-#   5. the torch peer's train step vs our siglip step, interleaved (bench/vs_open_clip.py): efficientnet_b0,
+#   4. the torch peer's train step vs our siglip step, interleaved (bench/vs_open_clip.py): efficientnet_b0,
 #      224 px, batch 128, bf16 on both sides, plus the 2048 matmul peaks and MFU
+#   5. conv_impl parity on the GPU: native vs cpu_fast convolutions, forward and gradients (bench/conv_parity.py,
+#      efficientnet_b0 at 64 px: all its layers and strides, a compile that fits the budget)
 # Expects the machine's jax/flax/optax/orbax and torch/timm (python3); the wheels missing there (grain,
 # ml_collections, array_record, portpicker, tensorboardX) may be carried in .whl/. No network.
 # Knobs: GPU_SH_QUICK=1 shrinks every part to a tiny CPU smoke check; GPU_SH_SKIP_TRAIN=1 skips parts 1-2 (their
 # GPU figures are in docs/benchmarks.md already); GPU_SH_BUDGET caps the seconds of all parts together;
 # GPU_SH_PYTHON (python3) runs the JAX side, GPU_SH_PEER_PYTHON (python3) the torch side. On the dev machine:
-#   GPU_SH_QUICK=1 GPU_SH_PYTHON=.venv/bin/python GPU_SH_PEER_PYTHON=.venv-golden/bin/python bash bench/gpu.sh
+#   GPU_SH_QUICK=1 GPU_SH_PYTHON=.venv/bin/python GPU_SH_PEER_PYTHON=.venv-peer/bin/python bash bench/gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${GPU_SH_PYTHON:-python3}"
@@ -28,9 +28,9 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}"
 
-# The whole script stops starting work after GPU_SH_BUDGET seconds (default 350): each part's limit is cut to
+# The whole script stops starting work after GPU_SH_BUDGET seconds (default 520): each part's limit is cut to
 # what is left, and a part with under 10 s left is skipped with a JSON line.
-BUDGET="${GPU_SH_BUDGET:-350}"
+BUDGET="${GPU_SH_BUDGET:-520}"
 
 # part NAME SECONDS CMD...: runs CMD with a time limit; a failure is one JSON line, never the end of the script.
 part() {
@@ -79,16 +79,18 @@ if [ "${GPU_SH_SKIP_TRAIN:-0}" != 1 ]; then
     --config.model.image.width_mult=1.0 --config.model.image.depth_mult=1.0 --config.batch_size=256 \
     --config.model.dtype=bfloat16 --config.data.read_threads=8
 fi
-echo "# conv_impl parity: native vs cpu_fast on this GPU (efficientnet_b0, 224 px, batch 8, f32 at 'highest')"
-part conv_parity 50 "$PY" bench/conv_parity.py --encoder efficientnet_b0 --image-size 224 --batch 8 \
-  --precisions highest
 # Parts 4-5 share the GPU with a torch process: JAX must not take 75% of its memory up front.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
 echo "# exported classifier vs plain encoder vs timm channels_last (efficientnet_b0 full, 224 px, fresh init)"
-part export_vs_timm 70 "$PY" bench/export.py --reps 50 --config.model.image.width_mult=1.0 \
+part export_vs_timm 170 "$PY" bench/export.py --reps 50 --config.model.image.width_mult=1.0 \
   --config.model.image.depth_mult=1.0 --config.data.image_size=224 --peer-python "$PEER_PY" --peer-device cuda
 echo "# train step vs the torch peer (efficientnet_b0, 224 px, batch 128, bf16, demo text tower)"
-part peer_train_step 75 "$PY" bench/vs_open_clip.py --encoders efficientnet_b0 --sizes 224 --batch 128 \
+part peer_train_step 200 "$PY" bench/vs_open_clip.py --encoders efficientnet_b0 --sizes 224 --batch 128 \
   --variants siglip --dtype bfloat16 --rounds 5 --steps 5 --sweep "" --peer-impl plain --peer-python "$PEER_PY" \
   --peer-device cuda
+# Last: XLA's GPU compile of the cpu_fast form (9 shifted slices per depthwise layer, forward and backward) is the
+# slowest part (>140 s at 224 px in session 3); 64 px keeps every layer and stride of the encoder.
+echo "# conv_impl parity: native vs cpu_fast on this GPU (efficientnet_b0, 64 px, batch 8, f32 at 'highest')"
+part conv_parity 130 "$PY" bench/conv_parity.py --encoder efficientnet_b0 --image-size 64 --batch 8 \
+  --precisions highest
 echo "# done $(date -u +%H:%M:%S)"
