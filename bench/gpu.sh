@@ -9,7 +9,7 @@
 #   4. the torch peer's train step vs our siglip step, interleaved (bench/vs_open_clip.py): efficientnet_b0,
 #      224 px, batch 128, bf16 on both sides, plus the 2048 matmul peaks and MFU
 #   5. conv_impl parity on the GPU: native vs cpu_fast convolutions, forward and gradients (bench/conv_parity.py,
-#      efficientnet_b0 at 64 px: all its layers and strides, a compile that fits the budget)
+#      efficientnet_b0 --tiny at 64 px: every block kind and stride, a compile that fits the budget)
 # Expects the machine's jax/flax/optax/orbax and torch/timm (python3); the wheels missing there (grain,
 # ml_collections, array_record, portpicker, tensorboardX) may be carried in .whl/. No network.
 # Knobs: GPU_SH_QUICK=1 shrinks every part to a tiny CPU smoke check; GPU_SH_SKIP_TRAIN=1 skips parts 1-2 (their
@@ -89,8 +89,9 @@ part peer_train_step 200 "$PY" bench/vs_open_clip.py --encoders efficientnet_b0 
   --variants siglip --dtype bfloat16 --rounds 5 --steps 5 --sweep "" --peer-impl plain --peer-python "$PEER_PY" \
   --peer-device cuda
 # Last: XLA's GPU compile of the cpu_fast form (9 shifted slices per depthwise layer, forward and backward) is the
-# slowest part (>140 s at 224 px in session 3); 64 px keeps every layer and stride of the encoder.
-echo "# conv_impl parity: native vs cpu_fast on this GPU (efficientnet_b0, 64 px, batch 8, f32 at 'highest')"
-part conv_parity 130 "$PY" bench/conv_parity.py --encoder efficientnet_b0 --image-size 64 --batch 8 \
+# slowest part: the full B0 did not compile in 140 s at 224 px (session 3) nor in 130 s at 64 px (session 9), so
+# this runs the tiny tower (width 0.1, depth 0.2: every block kind and stride, fewer repeats).
+echo "# conv_impl parity: native vs cpu_fast on this GPU (efficientnet_b0 tiny, 64 px, batch 8, f32 at 'highest')"
+part conv_parity 130 "$PY" bench/conv_parity.py --tiny --encoder efficientnet_b0 --image-size 64 --batch 8 \
   --precisions highest
 echo "# done $(date -u +%H:%M:%S)"

@@ -104,10 +104,11 @@ def count_params(params: Any) -> dict[str, int]:
 
 
 def _flops(stage) -> float:
-  """FLOPs of a jax.stages.Lowered or Compiled (XLA's cost analysis)."""
+  """FLOPs of a jax.stages.Lowered or Compiled (XLA's cost analysis); NaN where the backend gives none (jax
+  0.11's GPU backend returns None for a Lowered module)."""
   cost = stage.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
+  return float((cost or {}).get("flops", float("nan")))
 
 
 class OurStep:
@@ -214,13 +215,17 @@ def compare(peer: peer_client.Peer, encoder: str, size: int, batch: int, args, p
     if figure == "train_images_per_sec":
       peak = peaks["peer" if side == "peer" else "ours"]
       mfu = useful[k] * (v / batch) / peak
-      emit("train_mfu", round(mfu, 5), "fraction of matmul peak", useful_flops_per_step=useful[k],
-           flops_source="3 x XLA cost analysis of our forward + loss", **extra)
+      known = math.isfinite(mfu)  # JSON has no NaN: an unknown count is null, and says why
+      emit("train_mfu", round(mfu, 5) if known else None, "fraction of matmul peak",
+           useful_flops_per_step=useful[k] if known else None,
+           flops_source="3 x XLA cost analysis of our forward + loss" if known
+           else "none: this backend gives no cost analysis of the lowered forward", **extra)
   if figure == "train_images_per_sec":
     for v, s in ours.items():
       emit("ours_over_peer_throughput", round(ips[f"ours_{v}"] / ips["peer"], 4), "ratio", variant=v,
            goal=">= 0.7 (CPU)", **base)
-      emit("xla_step_flops", s.xla_step_flops, "FLOP", variant=v, **base)
+      emit("xla_step_flops", s.xla_step_flops if math.isfinite(s.xla_step_flops) else None, "FLOP", variant=v,
+           **base)
       emit("compile_seconds", round(s.compile_s, 2), "s", variant=v, **base)
     emit("params", siglip_like.params["total"], "count", side="ours", variant=next(iter(ours)), **base)
     emit("params", built["params"]["total"], "count", side="peer", variant="siglip", **base)
