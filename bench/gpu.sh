@@ -79,7 +79,7 @@ if [ "${GPU_SH_SKIP_TRAIN:-0}" != 1 ]; then
     --config.model.image.width_mult=1.0 --config.model.image.depth_mult=1.0 --config.batch_size=256 \
     --config.model.dtype=bfloat16 --config.data.read_threads=8
 fi
-# Parts 4-5 share the GPU with a torch process: JAX must not take 75% of its memory up front.
+# Parts 3-4 share the GPU with a torch process: JAX must not take 75% of its memory up front.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
 echo "# exported classifier vs plain encoder vs timm channels_last (efficientnet_b0 full, 224 px, fresh init)"
 part export_vs_timm 170 "$PY" bench/export.py --reps 50 --config.model.image.width_mult=1.0 \

@@ -63,6 +63,16 @@ def test_figure_line_has_the_bench_fields(capsys):
   assert printed["value"] == 12.5 and printed["backend"] == "cpu" and printed["command"].startswith("python bench/")
 
 
+def test_flop_count_is_read_from_xla_and_nan_where_the_backend_gives_none():
+  lowered = jax.jit(lambda a, b: a @ b).lower(np.ones((8, 16), np.float32), np.ones((16, 4), np.float32))
+  assert vs_open_clip._flops(lowered) == 2 * 8 * 16 * 4
+
+  class NoCost:  # jax 0.11's GPU backend: Lowered.cost_analysis() is None
+    def cost_analysis(self):
+      return None
+  assert np.isnan(vs_open_clip._flops(NoCost()))
+
+
 def test_profile_summary_sums_xla_ops_by_kind_and_skips_runtime_events():
   import profile_step  # bench/profile_step.py
   events = [
