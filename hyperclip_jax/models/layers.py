@@ -319,9 +319,10 @@ def _patchify_dot(x: Array, kernel: Array) -> Array:
 
 def _pointwise_dot(x: Array, kernel: Array) -> Array:
   """[..., C] @ [C, D] as one 2-D dot over the flattened leading axes. The same math as an einsum over the
-  leading axes, but XLA's CPU backend lowers the weight gradient of the 2-D form to one dot that contracts both
-  operands over their major axis as they lie, where for the N-d einsum it first transposes the cotangent into a
-  [D, N] copy: 1.2-2.1x faster gradients of b0's 1x1 convolutions at 224 px (docs/benchmarks.md, session 10)."""
+  leading axes (up to summation order), but XLA's CPU backend lowers the weight gradient of the 2-D form to one
+  dot that contracts both operands over their major axis as they lie, where for the N-d einsum it first transposes
+  the cotangent into a [D, N] copy: 1.2-2.1x faster gradients of b0's 1x1 convolutions at 224 px
+  (docs/benchmarks.md, session 10)."""
   y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel)
   return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
 
