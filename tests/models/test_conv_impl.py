@@ -117,6 +117,21 @@ def test_cpu_fast_has_no_depthwise_or_pointwise_convolution_and_auto_follows_the
   assert count(cuda) == native
 
 
+def test_pointwise_weight_gradient_compiles_without_a_transposed_copy():
+  """Why 1x1 convs are one 2-D dot: XLA's CPU program for the N-d einsum's gradient transposes the cotangent into a
+  [D, N] copy before the weight-gradient dot; the 2-D form's program has no transpose or copy at all."""
+  x, k = jnp.ones((2, 4, 8, 8, 16), jnp.float32), jnp.ones((16, 24), jnp.float32)
+
+  def compiled(f):
+    grad = jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), argnums=(0, 1))
+    return jax.jit(grad).lower(x, k).compile().as_text()
+
+  def moves(text: str) -> int:
+    return text.count(" transpose(") + text.count(" copy(")
+  assert moves(compiled(lambda x, k: jnp.einsum("...c,cd->...d", x, k))) > 0  # what the 2-D form avoids
+  assert moves(compiled(layers._pointwise_dot)) == 0
+
+
 @pytest.mark.parametrize("name,kw", [
     ("efficientnet_b0", dict(width_mult=0.1, depth_mult=0.2)),
     ("mobilenetv3_large_100", dict(width_mult=0.1, depth_mult=0.2, head_features=32)),
