@@ -69,6 +69,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, owner: bool = False):
     _register_array_handler()
+    _quiet_late_write_callbacks()
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
@@ -239,6 +240,33 @@ def _register_array_handler() -> None:
         jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES),
         override=True)
     _registered.append(True)
+
+
+def _is_late_write_callback(unraisable: Any) -> bool:
+  """A tensorstore write that finished after Orbax closed its save's asyncio loop (it does so as soon as one
+  write of the save fails, e.g. on a full disk): the callback hits the closed loop and tensorstore reports that
+  as unraisable, once per outstanding write (hundreds of tracebacks around the one-line error)."""
+  e, tb = unraisable.exc_value, unraisable.exc_traceback
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return (type(e) is RuntimeError and str(e) == "Event loop is closed" and tb is not None
+          and tb.tb_frame.f_code.co_name == "_check_closed"
+          and os.path.basename(tb.tb_frame.f_code.co_filename) == "base_events.py")
+
+
+def _quiet_late_write_callbacks() -> None:
+  """Drops those reports (the failed save itself is raised as CheckpointError); all others go to the previous
+  sys.unraisablehook. Installed once per process."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_hyperclip_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not _is_late_write_callback(unraisable):
+      previous(unraisable)
+
+  hook._hyperclip_quiet = True
+  sys.unraisablehook = hook
 
 
 def _handlers() -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Disk full while a checkpoint is written: a one-line error naming the step and the cause, the previous
 checkpoint intact. The checkpoints live on a 3 MiB tmpfs (room for one) in a private mount namespace
 (`unshare -m`, needs CAP_SYS_ADMIN); where that is not allowed, RLIMIT_FSIZE makes big writes fail (EFBIG)."""
+import asyncio
 import os
 import resource
 import shlex
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import types
 
 from harness import ENV, ROOT, command, error_line
 
@@ -59,8 +61,36 @@ def test_disk_full_during_checkpoint_write_keeps_the_previous_one(reference, tmp
     shutil.copytree(ckpts, seen)
     cause = ""
   assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "Event loop is closed" not in proc.stderr, "late tensorstore callbacks reached stderr"
   line = error_line(proc.stderr)
   assert "writing checkpoint step 8 to " in line and cause in line, line
   assert "step 4 is intact" in line and "rerun the same command to resume" in line
   assert sorted(int(d) for d in os.listdir(seen) if d.isdigit()) == [4]
   assert _contents(seen / "4") == _contents(stash), "step 4 changed"
+
+
+def _unraisable(e):
+  return types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__, err_msg=None,
+                               object=None)
+
+
+def test_late_write_callbacks_on_a_closed_loop_are_dropped_and_other_reports_kept(monkeypatch):
+  from hyperclip_jax import checkpoint
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  checkpoint._quiet_late_write_callbacks()
+  checkpoint._quiet_late_write_callbacks()  # idempotent: one filter, not a chain of them
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)  # what a write finishing after a failed save does
+  except RuntimeError as e:
+    late = e
+  other = RuntimeError("Event loop is closed")  # same text, raised elsewhere: not the late callback
+  try:
+    raise ValueError("a real problem")
+  except ValueError as e:
+    real = e
+  for report in (late, other, real):
+    sys.unraisablehook(_unraisable(report))
+  assert [r.exc_value for r in seen] == [other, real]
