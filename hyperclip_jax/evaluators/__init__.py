@@ -10,7 +10,7 @@
                                       split='test'), train_data=dict(split='train'), n_train=10000)
 
 Keys per type (all optional; `type` is needed where the name is not a type):
-  zeroshot      tasks (comma list of: demo, imagenet, cifar100, cifar10) or data; classes, templates, pp,
+  zeroshot      tasks (comma list of: demo, demo:NAME (one demo task), imagenet, cifar100, cifar10) or data; classes, templates, pp,
                 n_eval (0: the whole split; demo: at least 1), batch_size, condition (what the hypernet reads:
                 'classes' = each task's class prompts; 'train_captions' = the first set_size captions of the
                 training source at seed 0, one fixed set for every task; 'train_sets_mean' = the norm params
@@ -92,8 +92,15 @@ def _check(name: str, kind: str, s: dict[str, Any]) -> None:
       raise ConfigError(f"{where} needs exactly one of tasks= (e.g. 'demo' or 'imagenet,cifar100') and data=")
     known = ("demo", *eval_data.PRESETS)
     for task in s["tasks"].split(",") if s["tasks"] else ():
-      if task.strip() not in known:
-        raise ConfigError(f"{where}.tasks={s['tasks']!r} is unknown; known: {', '.join(known)} (comma separated)")
+      task = task.strip()
+      if task.startswith("demo:"):
+        from hyperclip_jax.data.sources import demo
+        if task[5:] not in demo.DEMO_TASK_NAMES:
+          raise ConfigError(f"{where}.tasks: demo task {task[5:]!r} is unknown; known: "
+                            f"{', '.join(demo.DEMO_TASK_NAMES)} (as demo:NAME)")
+      elif task not in known:
+        raise ConfigError(f"{where}.tasks={s['tasks']!r} is unknown; known: {', '.join(known)}, demo:NAME (comma "
+                          "separated)")
   elif s["data"] is None:
     raise ConfigError(f"{where}.data is missing; e.g. dict(name='tfds', dataset='cifar10', split='test')")
   for key in ("data", "train_data"):
@@ -102,7 +109,7 @@ def _check(name: str, kind: str, s: dict[str, Any]) -> None:
       problem = eval_data.check(data, f"{where}.{key}")
       if problem:
         raise ConfigError(problem)
-  uses_demo = "demo" in [t.strip() for t in s.get("tasks", "").split(",")] or (s.get("data") or {}).get("name") == "demo"
+  uses_demo = any(t.strip().split(":")[0] == "demo" for t in s.get("tasks", "").split(",")) or (s.get("data") or {}).get("name") == "demo"
   if uses_demo and kind != "retrieval" and s["n_eval"] < 1:
     raise ConfigError(f"{where}.n_eval={s['n_eval']} must be at least 1 on the procedural demo data")
   if uses_demo and kind == "retrieval" and s.get("pp"):
@@ -158,8 +165,8 @@ def _zeroshot_tasks(config: ml_collections.ConfigDict, name: str, s: dict[str, A
   where, size = f"config.evals.{name}", config.data.image_size
   specs = []  # (task name, data, settings)
   for task in [t.strip() for t in s["tasks"].split(",")] if s["tasks"] else []:
-    if task == "demo":
-      specs.append((task, {"name": "demo"}, s))
+    if task == "demo" or task.startswith("demo:"):  # every demo task, or the one named
+      specs.append((task, {"name": "demo", "tasks": task[5:]}, s))
     else:
       data, classes, templates = eval_data.PRESETS[task]
       specs.append((task, data, {**s, "classes": s["classes"] or classes, "templates": s["templates"] or templates}))

@@ -11,6 +11,7 @@ from PIL import Image
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import evaluators, sharding, train
 from hyperclip_jax.data import pp as pp_lib
+from hyperclip_jax.data.sources import demo
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
 
@@ -118,6 +119,22 @@ def test_trainer_runs_retrieval_and_linear_probe_every_eval_step(tmp_path):
     assert json.load(f)["retrieval/demo"]["num_pairs"] == 8
 
 
+def test_demo_task_entries_pick_those_tasks_with_the_images_of_the_full_set():
+  config = _tiny()
+  full = evaluators._zeroshot_tasks(config, "zeroshot", evaluators._settings("zeroshot", dict(tasks="demo", n_eval=8))[1])
+  picked = evaluators._zeroshot_tasks(config, "zeroshot", evaluators._settings(
+      "zeroshot", dict(tasks="demo:texture, demo:colour", n_eval=8))[1])
+  assert [t.name for t in full] == list(demo.DEMO_TASK_NAMES)
+  assert [t.name for t in picked] == ["texture", "colour"]
+  by_name = {t.name: t for t in full}
+  for task in picked:  # each task keeps its own image stream: the same images and labels as in the full set
+    ref = by_name[task.name]
+    assert tuple(task.class_names) == tuple(ref.class_names) and tuple(task.templates) == tuple(ref.templates)
+    (images, labels), (ref_images, ref_labels) = next(iter(task.batches())), next(iter(ref.batches()))
+    np.testing.assert_array_equal(images, ref_images)
+    np.testing.assert_array_equal(labels, ref_labels)
+
+
 @pytest.mark.parametrize("evals, message", [
     (dict(zeroshot_x=dict(type="zero_shot", tasks="demo")),
      "config.evals.zeroshot_x.type='zero_shot' is unknown; known: zeroshot, retrieval, linear_probe"),
@@ -125,6 +142,8 @@ def test_trainer_runs_retrieval_and_linear_probe_every_eval_step(tmp_path):
      "config.evals.cifar has no type; set config.evals.cifar.type to one of: zeroshot"),
     (dict(zeroshot=dict(tasks="demo", n_evals=3)), "config.evals.zeroshot.n_evals is unknown for type 'zeroshot'"),
     (dict(zeroshot=dict(tasks="imagenet21k")), "config.evals.zeroshot.tasks='imagenet21k' is unknown"),
+    (dict(zeroshot=dict(tasks="demo:colur")), "config.evals.zeroshot.tasks: demo task 'colur' is unknown; known: "
+     "colour, shape"),
     (dict(probe=dict(type="linear_probe", data=dict(name="tfds", datset="cifar10"))),
      "config.evals.probe.data.datset is unknown for name='tfds'; known: name, dataset"),
     (dict(retrieval=dict(data=dict(name="coco"))), "config.evals.retrieval.data.name='coco' is unknown"),

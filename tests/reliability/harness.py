@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault_runner.py")
 STEPS = 12
 CONFIG = ["--config", "configs/demo.py:tiny=true", f"--config.total_steps={STEPS}",
-          "--config.checkpoint_every_steps=4", "--config.log_every_steps=1", "--config.checkpoint_every_secs=0"]
+          "--config.checkpoint_every_steps=4", "--config.log_every_steps=1", "--config.checkpoint_every_secs=0",
+          "--config.evals.zeroshot.tasks=demo:colour"]  # one eval task: these tests are about the checkpoints
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 

@@ -382,6 +382,9 @@ SIZE_POSITION_CLASSES: dict[str, tuple[tuple[str, str], ...]] = {
     for size in SIZES for pos in POSITIONS}
 
 
+DEMO_TASK_NAMES = ("colour", "shape", "colour_shape", "position", "size_position", "texture", "heldout_colour_shape")
+
+
 def demo_tasks(image_size: int = 64, n_eval: int = 512, seed: int = _DEFAULT_EVAL_SEED,
                object_scale: float = 1.0) -> dict[str, ZeroShotTask]:
   """The demo zero-shot tasks, keyed by name. Their label-set sizes all differ (8, 6, 41, 5, 10, 3, 7).
@@ -401,6 +404,7 @@ def demo_tasks(image_size: int = 64, n_eval: int = 512, seed: int = _DEFAULT_EVA
       ("texture", "texture", TEXTURES, SEEN_PAIRS),
       ("heldout_colour_shape", "colour_shape", tuple(f"{c} {s}" for c, s in HELDOUT_PAIRS), HELDOUT_PAIRS),
   )
+  assert tuple(name for name, *_ in specs) == DEMO_TASK_NAMES
   tasks = {}
   for stream, (name, attribute, classes, pairs) in enumerate(specs, start=1):
     source = DemoSource(image_size, seed, two_objects_prob=0.0, partial_caption_prob=0.0,
