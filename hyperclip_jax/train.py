@@ -86,20 +86,25 @@ def _state_maker(model: two_towers.TwoTowers, tx: optax.GradientTransformation) 
   return make
 
 
-def abstract_state(model: two_towers.TwoTowers, tx: optax.GradientTransformation, rng: jax.Array,
-                   mesh: jax.sharding.Mesh, param_rules: Any = ((".*", "replicated"),)) -> State:
-  """The train state's ShapeDtypeStructs, with the shardings init_state gives it: a restore target that costs no
-  init (a resumed run never compiles or runs one)."""
-  shapes = jax.eval_shape(_state_maker(model, tx), rng)
+def abstract_state(variables: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                   param_rules: Any = ((".*", "replicated"),)) -> State:
+  """The train state's ShapeDtypeStructs, with the shardings init_state gives it, from the shapes of the model's
+  variables (jax.eval_shape(model.init, rng)): a restore target that costs no init (a resumed run never
+  compiles or runs one)."""
+  shapes = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": variables["params"],
+            "opt_state": jax.eval_shape(tx.init, variables["params"]), "batch_stats": variables["batch_stats"]}
   shardings = sharding.state_shardings(shapes, param_rules, mesh)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
 
 def init_state(model: two_towers.TwoTowers, tx: optax.GradientTransformation, rng: jax.Array,
-               mesh: jax.sharding.Mesh, param_rules: Any = ((".*", "replicated"),)) -> State:
+               mesh: jax.sharding.Mesh, param_rules: Any = ((".*", "replicated"),), abstract: State | None = None
+               ) -> State:
   """Creates the train state already placed on the mesh by the partition rules (never a bare jit(tx.init): it
-  lands on one device)."""
-  shardings = jax.tree.map(lambda x: x.sharding, abstract_state(model, tx, rng, mesh, param_rules))
+  lands on one device); `abstract`: its abstract_state, where the caller has it."""
+  if abstract is None:
+    abstract = abstract_state(jax.eval_shape(model.init, rng), tx, mesh, param_rules)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
   # The classic (non-partitionable) threefry: XLA compiles the init program ~2x faster on CPU (one threefry per
   # weight; demo config 19 -> 10 s, tiny 13 -> 6 s). Each device then draws a sharded weight's full random block
   # and keeps its shard: transient memory of the largest weight, small for these towers. Values stay
@@ -149,8 +154,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
     mesh = sharding.make_mesh(config.mesh)
     model = two_towers.build_model(config)
     tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
-    param_shapes = jax.eval_shape(model.init, init_rng)["params"]
-    tx, schedule = optim.make_optimizer(config.optim, config.total_steps, param_shapes)
+    variables = jax.eval_shape(model.init, init_rng)
+    tx, schedule = optim.make_optimizer(config.optim, config.total_steps, variables["params"])
     evaluator = evaluators.build(config, model, tokenizer, mesh)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
@@ -162,7 +167,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
   cleanup.callback(checkpointer.close)  # an error stops the run only once in-flight saves are finished
   signature = config_lib.model_signature(config)
 
-  abstract = abstract_state(model, tx, init_rng, mesh, config.mesh.param_rules)
+  abstract = abstract_state(variables, tx, mesh, config.mesh.param_rules)
   sharding.print_param_table(abstract["params"])
   try:  # e.g. a shard pattern that matches nothing: a config problem, said in one line
     data_iter = input_pipeline.make_train_iterator(
@@ -175,7 +180,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
   restored = checkpointer.restore_latest(abstract, signature, fresh=config.get("resume", "auto") == "fresh")
   run_info = {}
   if restored is None:
-    state = init_state(model, tx, init_rng, mesh, config.mesh.param_rules)
+    state = init_state(model, tx, init_rng, mesh, config.mesh.param_rules, abstract)
   else:
     latest, state, data_state, run_info = restored
     try:

@@ -68,8 +68,9 @@ def load_run(workdir: str, step: int | None = None, config: ml_collections.Confi
     model = two_towers.build_model(config)
     mesh = sharding.make_mesh(config.mesh)
     rng = jax.random.PRNGKey(0)
-    tx, _ = optim.make_optimizer(config.optim, config.total_steps, jax.eval_shape(model.init, rng)["params"])
-    abstract = jax.eval_shape(lambda r: train.init_state(model, tx, r, mesh), rng)
+    variables = jax.eval_shape(model.init, rng)
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps, variables["params"])
+    abstract = train.abstract_state(variables, tx, mesh)
     state, _ = checkpointer.restore(step, abstract)
   except ckpt_lib.CheckpointError as e:
     raise RunError(str(e)) from e

@@ -45,7 +45,7 @@ def test_run_writes_metrics_config_and_final_eval(full_run):
   assert all(l == l and l > 0 for l in losses)
 
 
-def test_resume_is_bit_exact(full_run, tmp_path, capfd):
+def test_resume_is_bit_exact(full_run, tmp_path, capfd, monkeypatch):
   workdir, _ = full_run
   resumed = str(tmp_path / "resumed")
   shutil.copytree(workdir, resumed)
@@ -56,6 +56,10 @@ def test_resume_is_bit_exact(full_run, tmp_path, capfd):
     if s > 3:
       shutil.rmtree(os.path.join(ckpts, str(s)))
   os.remove(os.path.join(resumed, "metrics.jsonl"))
+
+  def no_init(*args, **kwargs):
+    raise AssertionError("a resumed run initialised a train state")
+  monkeypatch.setattr(train, "init_state", no_init)  # it restores onto the abstract state
   train.train(_tiny(), resumed)
   assert "resumed from step 3" in capfd.readouterr().err
   assert _last_metrics(resumed)["params_checksum"] == _last_metrics(workdir)["params_checksum"]
