@@ -105,13 +105,7 @@ def init_state(model: two_towers.TwoTowers, tx: optax.GradientTransformation, rn
   if abstract is None:
     abstract = abstract_state(jax.eval_shape(model.init, rng), tx, mesh, param_rules)
   shardings = jax.tree.map(lambda x: x.sharding, abstract)
-  # The classic (non-partitionable) threefry: XLA compiles the init program ~2x faster on CPU (one threefry per
-  # weight; demo config 19 -> 10 s, tiny 13 -> 6 s). Each device then draws a sharded weight's full random block
-  # and keeps its shard: transient memory of the largest weight, small for these towers. Values stay
-  # independent of the mesh, as with the partitionable scheme.
-  partitionable = getattr(jax, "threefry_partitionable", None)  # a config context manager (jax >= 0.4.26)
-  with partitionable(False) if partitionable is not None else contextlib.nullcontext():
-    return jax.jit(_state_maker(model, tx), out_shardings=shardings)(rng)
+  return jax.jit(_state_maker(model, tx), out_shardings=shardings)(rng)
 
 
 def _check_step(pending: tuple[int, Any, Any, dict[str, Any]] | None, skipped: int, skip_mode: bool,
