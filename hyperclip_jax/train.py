@@ -78,14 +78,6 @@ def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformatio
   return step_fn
 
 
-def _state_maker(model: two_towers.TwoTowers, tx: optax.GradientTransformation) -> Callable[[jax.Array], State]:
-  def make(rng):
-    variables = model.init(rng)
-    return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
-            "opt_state": tx.init(variables["params"]), "batch_stats": variables["batch_stats"]}
-  return make
-
-
 def abstract_state(variables: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                    param_rules: Any = ((".*", "replicated"),)) -> State:
   """The train state's ShapeDtypeStructs, with the shardings init_state gives it, from the shapes of the model's
@@ -104,8 +96,12 @@ def init_state(model: two_towers.TwoTowers, tx: optax.GradientTransformation, rn
   lands on one device); `abstract`: its abstract_state, where the caller has it."""
   if abstract is None:
     abstract = abstract_state(jax.eval_shape(model.init, rng), tx, mesh, param_rules)
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
-  return jax.jit(_state_maker(model, tx), out_shardings=shardings)(rng)
+
+  def make(rng):
+    variables = model.init(rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
+            "opt_state": tx.init(variables["params"]), "batch_stats": variables["batch_stats"]}
+  return jax.jit(make, out_shardings=jax.tree.map(lambda x: x.sharding, abstract))(rng)
 
 
 def _check_step(pending: tuple[int, Any, Any, dict[str, Any]] | None, skipped: int, skip_mode: bool,

@@ -10,11 +10,12 @@
                                       split='test'), train_data=dict(split='train'), n_train=10000)
 
 Keys per type (all optional; `type` is needed where the name is not a type):
-  zeroshot      tasks (comma list of: demo, demo:NAME (one demo task), imagenet, cifar100, cifar10) or data; classes, templates, pp,
-                n_eval (0: the whole split; demo: at least 1), batch_size, condition (what the hypernet reads:
-                'classes' = each task's class prompts; 'train_captions' = the first set_size captions of the
-                training source at seed 0, one fixed set for every task; 'train_sets_mean' = the norm params
-                averaged over the first condition_sets such sets), condition_sets (default 64)
+  zeroshot      tasks (comma list of: demo, demo:NAME (one demo task), imagenet, cifar100, cifar10) or data;
+                classes, templates, pp, n_eval (0: the whole split; demo: at least 1), batch_size, condition
+                (what the hypernet reads: 'classes' = each task's class prompts; 'train_captions' = the first
+                set_size captions of the training source at seed 0, one fixed set for every task;
+                'train_sets_mean' = the norm params averaged over the first condition_sets such sets),
+                condition_sets (default 64)
   retrieval     data (default: the demo pairs), pp, num_pairs, batch_size
   linear_probe  data (the test split), train_data (keys that differ from data, e.g. dict(split='train')),
                 classes, templates, pp, n_train, n_eval, batch_size
@@ -109,7 +110,8 @@ def _check(name: str, kind: str, s: dict[str, Any]) -> None:
       problem = eval_data.check(data, f"{where}.{key}")
       if problem:
         raise ConfigError(problem)
-  uses_demo = any(t.strip().split(":")[0] == "demo" for t in s.get("tasks", "").split(",")) or (s.get("data") or {}).get("name") == "demo"
+  uses_demo = (any(t.strip().split(":")[0] == "demo" for t in s.get("tasks", "").split(","))
+               or (s.get("data") or {}).get("name") == "demo")
   if uses_demo and kind != "retrieval" and s["n_eval"] < 1:
     raise ConfigError(f"{where}.n_eval={s['n_eval']} must be at least 1 on the procedural demo data")
   if uses_demo and kind == "retrieval" and s.get("pp"):
