@@ -5,6 +5,7 @@
   python bench/demo_probe.py caption-swap --workdir runs/demo [--n 96]
   python bench/demo_probe.py prompts --workdir runs/demo [--n 512]
   python bench/demo_probe.py condition --workdir runs/demo [--n 512] [--sets 64]
+  python bench/demo_probe.py confusion --workdir runs/demo [--task texture] [--n 384]
 
 `supervised` trains the demo config's image tower (siglip variant: plain BatchNorm affine, grouped BN
 statistics as in training) with a linear softmax head on one attribute's labels, batch 128 in groups of 16, Adam
@@ -18,7 +19,9 @@ over their values ("a red {} ...", each colour once: a prompt ensemble shaped li
 the hypernet generates at test time: from the task's class set (the default), from the first set_size training
 captions, from both sets' union, the mean of the params of `--sets` random training-caption sets, and none
 (Δ = 0: the encoder's own γ, β, which the residual mode keeps): which test-time set the tower works best with.
-One JSON line per figure.
+`confusion` gives, for one zero-shot task of a trained run, the confusion matrix (rows: true class), the cosines
+between the class prompt embeddings (where the text side cannot tell two classes apart) and the
+nearest-class-centroid top-1 of the image embeddings alone (the image side). One JSON line per figure.
 """
 from __future__ import annotations
 
@@ -160,9 +163,52 @@ def prompts(args: argparse.Namespace) -> None:
                         "step": run.step, "command": " ".join(sys.argv)}), flush=True)
 
 
+def _image_embeddings(ev, run, mesh, task, generated) -> tuple[np.ndarray, np.ndarray]:
+  """Image embeddings [N, D] of a demo task's eval images under the `generated` norm params, and their labels."""
+  from hyperclip_jax.data import input_pipeline
+  zs, ls = [], []
+  for images, labels in input_pipeline.make_eval_batches(task, 128):
+    b = images.shape[0]
+    pad = (-b) % mesh.size
+    if pad:
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+    images = jax.device_put(images, sharding.batch_sharding(mesh))
+    embed = ev._embed_images  # pylint: disable=protected-access
+    zs.append(np.asarray(embed(run.params, run.batch_stats, images, generated))[:b])
+    ls.append(labels)
+  return np.concatenate(zs), np.concatenate(ls)
+
+
+def confusion(args: argparse.Namespace) -> None:
+  from hyperclip_jax import workdir as workdir_lib
+  from hyperclip_jax.evaluators import zeroshot
+  run = workdir_lib.load_run(args.workdir)
+  config = run.config
+  model = two_towers.build_model(config)
+  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
+  task = demo.demo_tasks(config.data.image_size, args.n, object_scale=config.data.get("object_scale", 1.0))[args.task]
+  mesh = sharding.make_mesh(config.mesh)
+  ev = zeroshot.ZeroShotEvaluator(model, tokenizer, [], config.data.max_len, mesh)
+  zcls = np.asarray(ev.class_embeddings(run.params, task.class_names, task.templates))
+  generated = model.generate(run.params, jnp.asarray(zcls)[None])  # None for siglip
+  zimg, labels = _image_embeddings(ev, run, mesh, task, generated)
+  c = len(task.class_names)
+  matrix = np.zeros((c, c), int)
+  np.add.at(matrix, (labels, (zimg @ zcls.T).argmax(1)), 1)
+  half = len(labels) // 2  # image side alone: class centroids of the first half, nearest centroid on the second
+  centroids = np.stack([zimg[:half][labels[:half] == k].mean(0) for k in range(c)])
+  centroid_top1 = float(((zimg[half:] @ centroids.T).argmax(1) == labels[half:]).mean())
+  common = {"task": args.task, "classes": list(task.class_names), "workdir": args.workdir, "step": run.step,
+            "command": " ".join(sys.argv)}
+  for name, value in (("zeroshot_confusion", matrix.tolist()),
+                      ("class_prompt_cosine", np.round((zcls @ zcls.T).astype(np.float64), 4).tolist()),
+                      ("image_centroid_top1", round(centroid_top1, 4))):
+    print(json.dumps({"name": f"confusion/{args.task}/{name}", "value": value, **common}), flush=True)
+
+
 def condition(args: argparse.Namespace) -> None:
   from hyperclip_jax import workdir as workdir_lib
-  from hyperclip_jax.data import input_pipeline, sources
+  from hyperclip_jax.data import sources
   from hyperclip_jax.evaluators import zeroshot
   run = workdir_lib.load_run(args.workdir)
   config = run.config
@@ -192,17 +238,8 @@ def condition(args: argparse.Namespace) -> None:
         "none": jax.tree.map(jnp.zeros_like, mean_generated),
     }
     for kind, generated in choices.items():
-      hits = n = 0
-      for images, labels in input_pipeline.make_eval_batches(task, 128):
-        b = images.shape[0]
-        pad = (-b) % mesh.size
-        if pad:
-          images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-        images = jax.device_put(images, sharding.batch_sharding(mesh))
-        zimg = np.asarray(ev._embed_images(run.params, run.batch_stats, images, generated))[:b]
-        logits = zimg @ np.asarray(zcls).T
-        hits += int((logits.argmax(1) == labels).sum())
-        n += b
+      zimg, labels = _image_embeddings(ev, run, mesh, task, generated)
+      hits, n = int(((zimg @ np.asarray(zcls).T).argmax(1) == labels).sum()), len(labels)
       print(json.dumps({"name": f"condition/{name}/{kind}/top1", "value": round(hits / n, 4),
                         "chance": round(1 / len(task.class_names), 4), "workdir": args.workdir, "step": run.step,
                         "command": " ".join(sys.argv)}), flush=True)
@@ -228,8 +265,13 @@ def main() -> None:
   p.add_argument("--workdir", required=True)
   p.add_argument("--n", type=int, default=512)
   p.add_argument("--sets", type=int, default=64)
+  p = sub.add_parser("confusion")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--task", choices=demo.DEMO_TASK_NAMES, default="texture")
+  p.add_argument("--n", type=int, default=384)
   args = parser.parse_args()
-  {"supervised": supervised, "caption-swap": caption_swap, "prompts": prompts, "condition": condition}[args.cmd](args)
+  {"supervised": supervised, "caption-swap": caption_swap, "prompts": prompts, "condition": condition,
+   "confusion": confusion}[args.cmd](args)
 
 
 if __name__ == "__main__":
