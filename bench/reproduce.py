@@ -99,6 +99,7 @@ def make_config(mode: Mode, run: RunSpec) -> Any:
   arg = ",".join(filter(None, [f"variant={run.variant}", f"steps={mode.steps}", mode.config_arg]))
   config = config_lib.load_config(os.path.join(ROOT, "configs", f"demo.py:{arg}"))
   settings = [("seed", run.seed), ("eval_every_steps", mode.eval_every), ("evals.zeroshot.n_eval", mode.n_eval),
+              ("loss.name", "sigmoid"),  # the paper's loss for every variant, whatever configs/demo.py trains with
               # one checkpoint, at the end: an interrupted run is retrained, not resumed (see train_run)
               ("checkpoint_every_steps", mode.steps), ("checkpoint_every_secs", 0.0),
               *([("optim.schedule.warmup_steps", mode.warmup_steps)] if mode.warmup_steps is not None else []),

@@ -96,6 +96,7 @@ def _full_size(config, encoder: str, image_size: int, batch: int, paper_text: bo
     cfg.data.image_size = image_size
     cfg.batch_size = batch
     cfg.model.hyper.set_size = min(cfg.model.hyper.set_size, batch)
+    cfg.loss.name = "sigmoid"  # the paper's loss, whatever the demo config trains with
     if paper_text:
       cfg.model.text.update(PAPER_TEXT)
       cfg.model.hyper.update(PAPER_HYPER)

@@ -73,6 +73,7 @@ def make_config(encoder: str, image_size: int, batch: int, variant: str, text: s
     config.model.image.depth_mult = 1.0
     config.model.variant = variant
     config.model.dtype = dtype
+    config.loss.name = "sigmoid"  # the peer's loss (and the paper's), whatever configs/demo.py trains with
     config.model.text.update(sizes["text"])
     config.model.hyper.update(sizes["hyper"])
     config.model.hyper.set_size = min(16, batch)
