@@ -85,3 +85,9 @@ def test_profile_summary_sums_xla_ops_by_kind_and_skips_runtime_events():
   assert per_kind == {"multiply_add_fusion": 40, "dot": 10}
   assert per_op["dot.3"] == 10 and calls["dot.3"] == 2 and calls["multiply_add_fusion.7"] == 1
   assert profile_step.op_kind("copy_bitcast_fusion.87") == "copy_bitcast_fusion"
+
+
+def test_peer_comparison_trains_the_papers_sigmoid_loss_not_the_demos_softmax():
+  from hyperclip_jax import config as config_lib
+  assert config_lib.load_config(vs_open_clip.DEMO_CONFIG).loss.name == "softmax"
+  assert vs_open_clip.make_config("tinynet_e", 32, 128, "hyperclip").loss.name == "sigmoid"

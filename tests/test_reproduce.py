@@ -112,3 +112,9 @@ def test_verdict_says_who_wins_beyond_seed_noise_and_whether_token_explains_it()
   assert text.startswith("colour: no difference beyond seed noise: HyperCLIP - SigLIP +0.7 points")
   assert "SigLIP beats HyperCLIP** by +30.0" in reproduce.verdict(
       "colour", {"siglip": [0.9, 0.9, 0.9], "token": t, "hyperclip": [0.6, 0.6, 0.6]})
+
+
+def test_full_study_trains_the_papers_sigmoid_loss_not_the_demos_softmax():
+  reproduce = _load_script()
+  mode = reproduce.MODES["full"]
+  assert {reproduce.make_config(mode, run).loss.name for run in reproduce.study(mode, 16)} == {"sigmoid"}
