@@ -22,9 +22,8 @@ def _load_script():
   return module
 
 
-def _run_study(out) -> None:
+def _run_study(out, env) -> None:
   # One CPU device (not the suite's 8 fake ones): the study's ~11 small runs compile and run faster.
-  env = {**os.environ, "XLA_FLAGS": ""}
   proc = subprocess.run([sys.executable, SCRIPT, "--tiny", "--out", str(out)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -37,9 +36,9 @@ def _final_row(workdir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, one_device_env):
   out = tmp_path_factory.mktemp("study")
-  _run_study(out)
+  _run_study(out, one_device_env)
   with open(out / "results.json", encoding="utf-8") as f:
     return out, json.load(f)
 
@@ -86,7 +85,7 @@ def test_values_differ_across_variants_and_seeds(study):
   assert results["runs"]["abl_bn_global"]["params_checksum"] != results["runs"]["hyperclip_s0"]["params_checksum"]
 
 
-def test_rerun_gives_identical_results_json(study, tmp_path):
+def test_rerun_gives_identical_results_json(study, tmp_path, one_device_env):
   # The second study retrains one of its runs (an ablation: a variant, a seed and an override) and reads the others
   # back from a copy of the first study's workdirs: a full second study would double this test's time.
   out, _ = study
@@ -94,7 +93,7 @@ def test_rerun_gives_identical_results_json(study, tmp_path):
   retrained = ("abl_bn_global",)
   for name in retrained:
     shutil.rmtree(tmp_path / "runs" / name)
-  _run_study(tmp_path)
+  _run_study(tmp_path, one_device_env)
   assert json.loads((tmp_path / "throughput.json").read_text(encoding="utf-8"))["trained"] == len(retrained)
   for name in retrained:
     assert _final_row(tmp_path / "runs" / name) == _final_row(out / "runs" / name)

@@ -80,7 +80,9 @@ def test_resume_under_another_conv_lowering(full_run, tmp_path, capfd):
     return [r["train/loss"] for r in map(json.loads, open(os.path.join(w, "metrics.jsonl"))) if "train/loss" in r]
   got, want = losses(resumed), losses(workdir)
   assert got and len(got) <= len(want)
-  np.testing.assert_allclose(got, want[len(want) - len(got):], rtol=1e-4)
+  # rtol 1e-3: the suite compiles at -O0 (tests/conftest.py), where the two lowerings' float orderings differ by
+  # up to 3e-4 after three Adam steps; a resume that went wrong moves the loss by whole units.
+  np.testing.assert_allclose(got, want[len(want) - len(got):], rtol=1e-3)
 
 
 def test_incompatible_checkpoint_is_refused_and_kept(full_run, tmp_path):

@@ -27,7 +27,7 @@ def _cut_after_step_2(src, dst):
   os.remove(os.path.join(dst, "metrics.jsonl"))
 
 
-def test_checkpoint_resumes_on_other_meshes(tmp_path):
+def test_checkpoint_resumes_on_other_meshes(tmp_path, one_device_env):
   ref = str(tmp_path / "ref_2x4")
   train.train(h.tiny_config(**OVERRIDES, **{"mesh.data": 2, "mesh.fsdp": 4}), ref)
   want = _losses(ref)
@@ -39,10 +39,9 @@ def test_checkpoint_resumes_on_other_meshes(tmp_path):
 
   on_1 = str(tmp_path / "on_1")  # one device needs its own process
   _cut_after_step_2(ref, on_1)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
   args = [sys.executable, "-m", "hyperclip_jax.train", "--config", f"{h.DEMO}:tiny=true", "--workdir", on_1,
           *h.cli_overrides({**OVERRIDES, "optim.schedule.warmup_steps": 0, "mesh.data": 1})]
-  proc = subprocess.run(args, cwd=h.ROOT, env=env, capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(args, cwd=h.ROOT, env=one_device_env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resumed from step 2" in proc.stderr
 
