@@ -68,7 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, param_rules=[(".*", "fsdp")]))
   c.distributed = ml_collections.ConfigDict(dict(  # see hyperclip_jax/distributed.py
-      mode="auto", coordinator_address="", num_processes=0, process_id=-1))
+      mode="auto", coordinator_address="", num_processes=0, process_id=-1,
+      allow_fewer_devices=False))  # true: start although this process sees fewer accelerators than assigned
 
   c.evals = ml_collections.ConfigDict(dict(
       # condition: the set the hypernet reads at test time, "classes" (each task's prompts) or "train_captions"
@@ -81,6 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.resume = "auto"  # auto: newest usable checkpoint, error if all are damaged; fresh: start at step 0
   c.skip_nonfinite_steps = False  # true: a NaN/Inf step is skipped and counted instead of stopping the run
+  # jax.profiler trace of steps first_step+1 .. first_step+num_steps into WORKDIR/profile (num_steps 0: off)
+  c.profile = ml_collections.ConfigDict(dict(first_step=10, num_steps=0))
 
   if arg.tiny:  # seconds per step on 2 cores: tests and smoke runs
     c.total_steps = arg.steps if arg.steps != 900 else 6

@@ -150,3 +150,42 @@ def nonfinite_report(step: int, loss: float, grads_finite: np.ndarray, params_fi
         if rows.size:
           parts.append(f"non-finite {key} in examples {', '.join(str(int(idx[r])) for r in rows[:5])}")
   return "; ".join(parts)
+
+
+class StepHealth:
+  """The one place a step's finiteness is looked at. A step's health is read one step late (once the next
+  step is dispatched, so the host never waits on the step it just queued), and before anything is saved.
+
+  skip_mode (config.skip_nonfinite_steps): a non-finite step is counted and reported; otherwise it raises
+  NonFiniteError naming the last good checkpoint."""
+
+  def __init__(self, skip_mode: bool, param_paths: list[str], skipped: int = 0):
+    self.skip_mode, self.param_paths, self.skipped = skip_mode, param_paths, skipped
+    self.last_saved_step: int | None = None
+    self._pending = None  # (step, health, loss, host batch) of the newest step, not yet looked at
+
+  def push(self, step: int, health: Any, loss: Any, host_batch: dict[str, np.ndarray]) -> None:
+    """Checks the previous step, then holds this one."""
+    self.flush()
+    self._pending = (step, health, loss, host_batch)
+
+  def flush(self) -> None:
+    """Checks the held step (waits for it)."""
+    if self._pending is None:
+      return
+    step, health, loss, host_batch = self._pending
+    self._pending = None
+    health = jax.device_get(health)
+    if health["finite"]:
+      return
+    report = nonfinite_report(step, float(jax.device_get(loss)), health["grads"], health["params"],
+                              self.param_paths, host_batch)
+    if self.skip_mode:
+      self.skipped += 1
+      print(f"WARNING: {report}; update skipped ({self.skipped} so far, config.skip_nonfinite_steps)",
+            file=sys.stderr, flush=True)
+      return
+    kept = (f"the last good checkpoint (step {self.last_saved_step}) is kept" if self.last_saved_step is not None
+            else "no checkpoint yet")
+    raise NonFiniteError(f"{report}; training stopped, {kept}; lower config.optim.lr, check the data, or pass "
+                         "--config.skip_nonfinite_steps=true to skip such steps")

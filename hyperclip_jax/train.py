@@ -30,8 +30,10 @@ from hyperclip_jax import guards
 from hyperclip_jax import losses
 from hyperclip_jax import metrics as metrics_lib
 from hyperclip_jax import optim
+from hyperclip_jax import perf
 from hyperclip_jax import sharding
 from hyperclip_jax.data import input_pipeline
+from hyperclip_jax.data import pixels
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
 
@@ -41,7 +43,7 @@ State = dict[str, Any]
 def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformation, loss_name: str,
                     schedule: Callable[[Any], Any], *, mesh: jax.sharding.Mesh | None = None,
                     chunked_loss: bool = False, accum_steps: int = 1, guard_nonfinite: bool = False,
-                    keep_on_nonfinite: bool = False) -> Callable[[State, dict[str, jax.Array], jax.Array], tuple[State, dict[str, jax.Array]]]:
+                    keep_on_nonfinite: bool = False, pixel_affine: pixels.PixelAffine = pixels.DEFAULT) -> Callable[[State, dict[str, jax.Array], jax.Array], tuple[State, dict[str, jax.Array]]]:
   """The pure train step: forward all three parts, loss over all B x B pairs, one optax update.
 
   chunked_loss: the ring form of the sigmoid loss over `mesh`; accum_steps > 1: GradCache micro-batches
@@ -50,13 +52,15 @@ def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformatio
   whether loss, gradients and updated params are all finite. keep_on_nonfinite: such a step also leaves the state
   as it was (but for `step`) — for skip_nonfinite_steps only, since selecting between the old and the new state
   keeps both alive (twice the state's memory); a run that stops on the first non-finite step needs no select:
-  it never saves the bad state.
+  it never saves the bad state. pixel_affine: turns uint8 batch images into model inputs (data/pixels.py);
+  float32 images pass through.
   """
   loss_fn = losses.get_loss(loss_name, chunked=chunked_loss, mesh=mesh)  # softmax-CLIP ignores the bias
   loss_and_grads = accumulate.make_loss_and_grads(model, loss_fn, accum_steps, mesh)
 
   def step_fn(state: State, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[State, dict[str, jax.Array]]:
     step_rng = jax.random.fold_in(rng, state["step"])
+    batch = {**batch, "image": pixel_affine.apply(batch["image"])}
     loss, grads, batch_stats, zimg, ztxt = loss_and_grads(state["params"], state["batch_stats"], batch, step_rng)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -104,24 +108,25 @@ def init_state(model: two_towers.TwoTowers, tx: optax.GradientTransformation, rn
   return jax.jit(make, out_shardings=jax.tree.map(lambda x: x.sharding, abstract))(rng)
 
 
-def _check_step(pending: tuple[int, Any, Any, dict[str, Any]] | None, skipped: int, skip_mode: bool,
-                param_paths: list[str], last_saved: int | None) -> int:
-  """Looks at one finished step's health: counts it (skip mode) or raises NonFiniteError; returns the count."""
-  if pending is None:
-    return skipped
-  step, health, loss, host_batch = pending
-  health = jax.device_get(health)
-  if health["finite"]:
-    return skipped
-  report = guards.nonfinite_report(step, float(jax.device_get(loss)), health["grads"], health["params"],
-                                   param_paths, host_batch)
-  if skip_mode:
-    print(f"WARNING: {report}; update skipped ({skipped + 1} so far, config.skip_nonfinite_steps)", file=sys.stderr,
-          flush=True)
-    return skipped + 1
-  kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved is not None else "no checkpoint yet"
-  raise guards.NonFiniteError(f"{report}; training stopped, {kept}; lower config.optim.lr, check the data, or "
-                              "pass --config.skip_nonfinite_steps=true to skip such steps")
+def itstime(step: int, every: int, last: bool = False) -> bool:
+  """Whether a periodic action (log, save, evaluate) is due after `step` steps; every = 0: never (but at the
+  last step when `last`)."""
+  return last or (every > 0 and step % every == 0)
+
+
+# Trainer keys a config file may leave out (configs written before they existed): filled in once, at start.
+TRAIN_DEFAULTS = {"resume": "auto", "skip_nonfinite_steps": False,
+                  "profile": {"first_step": 0, "num_steps": 0}}
+
+
+def _with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy: the caller's config is not changed
+  for key, value in TRAIN_DEFAULTS.items():
+    if key not in config:
+      config[key] = value
+  if "allow_fewer_devices" not in config.distributed:
+    config.distributed.allow_fewer_devices = False
+  return config
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -130,12 +135,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   Raises guards.Preempted after SIGTERM (a checkpoint was saved: rerun to continue), guards.WorkdirBusy when
   another trainer holds `workdir`, guards.NonFiniteError on a NaN/Inf step (unless skip_nonfinite_steps).
   """
-  with contextlib.ExitStack() as cleanup:  # lock, SIGTERM handler, checkpointer: released on every exit
-    return _train(config, workdir, cleanup)
+  with contextlib.ExitStack() as cleanup:  # lock, SIGTERM handler, checkpointer, data: released on every exit
+    return _train(_with_defaults(config), workdir, cleanup)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.ExitStack) -> dict[str, Any]:
-  distributed.initialize(config.distributed)  # before anything touches a device
+  dist_settings = distributed.initialize(config.distributed)  # before anything touches a device
+  distributed.check_local_devices(config.distributed.allow_fewer_devices)
   config_lib.validate(config, jax.device_count())
   is_main = jax.process_index() == 0
   rng = jax.random.PRNGKey(config.seed)
@@ -149,6 +155,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
     evaluator = evaluators.build(config, model, tokenizer, mesh)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
+  topology = distributed.topology(mesh, dist_settings)
+  print(distributed.banner(topology), file=sys.stderr, flush=True)
   os.makedirs(workdir, exist_ok=True)
   cleanup.enter_context(guards.WorkdirLock(workdir, enabled=is_main))  # before anything in it is touched
   watch = cleanup.enter_context(guards.PreemptionWatch())
@@ -156,18 +164,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints, owner=True)
   cleanup.callback(checkpointer.close)  # an error stops the run only once in-flight saves are finished
   signature = config_lib.model_signature(config)
-
   abstract = abstract_state(variables, tx, mesh, config.mesh.param_rules)
   sharding.print_param_table(abstract["params"])
   try:  # e.g. a shard pattern that matches nothing: a config problem, said in one line
     data_iter = input_pipeline.make_train_iterator(
         config.data, tokenizer, config.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
+    pixel_affine = input_pipeline.train_pixel_affine(config.data)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
   cleanup.callback(data_iter.close)
   # Before anything is written: a mismatched workdir stays untouched; a damaged newest step falls back.
-  restored = checkpointer.restore_latest(abstract, signature, fresh=config.get("resume", "auto") == "fresh")
+  restored = checkpointer.restore_latest(abstract, signature, fresh=config.resume == "fresh")
   run_info = {}
   if restored is None:
     state = init_state(model, tx, init_rng, mesh, config.mesh.param_rules, abstract)
@@ -180,76 +188,87 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
           f"checkpoint step {latest} cannot resume this run's data stream: {e}; use a new --workdir or the "
           "config that wrote it") from e
     print(f"resumed from step {latest} ({checkpointer.directory})", file=sys.stderr, flush=True)
+  step = int(jax.device_get(state["step"]))
   if is_main:  # only once the workdir is known to be ours
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config_lib.to_json(config))
+    with open(os.path.join(workdir, "run_info.json"), "w", encoding="utf-8") as f:
+      json.dump({"start_step": step, "topology": topology}, f, indent=2, sort_keys=True)
 
   repl = sharding.replicated(mesh)
-  skip_mode = config.get("skip_nonfinite_steps", False)
   step_fn = make_train_step(model, tx, config.loss.name, schedule, mesh=mesh, chunked_loss=config.loss.chunked,
-                            accum_steps=config.accum_steps, guard_nonfinite=True, keep_on_nonfinite=skip_mode)
+                            accum_steps=config.accum_steps, guard_nonfinite=True,
+                            keep_on_nonfinite=config.skip_nonfinite_steps, pixel_affine=pixel_affine)
   train_step = jax.jit(step_fn, donate_argnums=(0,),
                        out_shardings=(jax.tree.map(lambda x: x.sharding, state), repl, repl))
-  train_step = distributed.compile_then_meet(train_step, "train_step")  # processes meet before the 1st step
   param_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state["params"])]
+  health = guards.StepHealth(config.skip_nonfinite_steps, param_paths, int(run_info.get("skipped_nonfinite", 0)))
+  health.last_saved_step = restored[0] if restored is not None else None
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  cleanup.callback(writer.close)
   progress = metrics_lib.Progress(config.total_steps, config.batch_size, enabled=is_main)
+  profile = perf.ProfileWindow(workdir, config.profile.first_step, config.profile.num_steps, enabled=is_main)
+  cleanup.callback(profile.stop)
+  timer = None  # perf.StepTimer, made once the first batch gives the step's FLOP count
 
-  step = int(jax.device_get(state["step"]))
-  first_step, last_save = step, time.monotonic()
-  last_saved = restored[0] if restored is not None else None
-  skipped = int(run_info.get("skipped_nonfinite", 0))
-  pending = None  # (step, health, loss, host batch) of the newest step: checked once the next is dispatched
-  stop = False
-  progress.start(step)
+  # The loop never synchronises processes outside the jitted step: step-count decisions are the same on every
+  # process, the time-based checkpoint is agreed at log steps (where the host waits for metrics anyway), and
+  # preemption comes through JAX's preemption sync point, which every process reaches at the same step.
+  first_step, last_save_time, stop = step, time.monotonic(), False
   while step < config.total_steps:
-    host_batch = next(data_iter)
-    batch = sharding.put_batch({k: v for k, v in host_batch.items() if k in ("image", "text")}, mesh)
-    state, metrics, health = train_step(state, batch, train_rng)
+    profile.at_step(step, state["step"])
+    wait = timer.waiting_for_data() if timer else contextlib.nullcontext()
+    with wait:
+      host_batch = next(data_iter)
+      batch = sharding.put_batch({k: v for k, v in host_batch.items() if k in ("image", "text")}, mesh)
+    if timer is None:
+      timer = perf.StepTimer(config.batch_size, jax.device_count(),
+                             perf.step_flops(train_step, state, batch, train_rng), topology["device_kind"])
+      if timer.mfu_reason and is_main:
+        print(f"perf/mfu: not computed ({timer.mfu_reason})", file=sys.stderr, flush=True)
+      if jax.process_count() > 1:  # compile before the first collective: gloo gives processes 30 s to meet
+        train_step.lower(state, batch, train_rng).compile()
+        distributed.barrier("train_step")
+    state, metrics, step_health = train_step(state, batch, train_rng)
     step += 1
-    skipped = _check_step(pending, skipped, skip_mode, param_paths, last_saved)  # the previous step: done by now
-    pending = (step, health, metrics["train/loss"], host_batch)
+    health.push(step, step_health, metrics["train/loss"], host_batch)
     if step == first_step + 1:  # throughput excludes the compile of the first step
       jax.block_until_ready(metrics)
       progress.start(step)
+      timer.reset(step)
     last = step == config.total_steps
-    if step % config.log_every_steps == 0 or last:
-      skipped, pending = _check_step(pending, skipped, skip_mode, param_paths, last_saved), None
+    time_due = False
+    if itstime(step, config.log_every_steps, last):
+      health.flush()
       metrics = jax.device_get(metrics)
-      if skip_mode:
-        metrics["train/nonfinite_skipped"] = skipped
+      if config.skip_nonfinite_steps:
+        metrics["train/nonfinite_skipped"] = health.skipped
       if "index" in host_batch:  # stream positions of this host's rows: resumes neither lose nor repeat any
         index = host_batch["index"]
         metrics["data/index_min"], metrics["data/index_max"] = int(index.min()), int(index.max())
       metrics["perf/images_per_sec"] = progress.images_per_sec(step)
+      metrics.update(timer.window(step))
       metrics.update(data_iter.metrics())  # data/skipped/<reason> (real-data sources)
       writer.write(step, metrics)
       progress.update(step, float(metrics["train/loss"]))
-    due = step % config.checkpoint_every_steps == 0 or (
-        config.checkpoint_every_secs and time.monotonic() - last_save >= config.checkpoint_every_secs)
-    if jax.process_count() > 1:  # every process must take the same decision: Orbax saves collectively
-      due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+      time_due = _agree(bool(config.checkpoint_every_secs) and
+                        time.monotonic() - last_save_time >= config.checkpoint_every_secs)
     stop = watch.requested(step)  # SIGTERM / preemption: save now, then exit
-    if due or last or stop:
-      skipped, pending = _check_step(pending, skipped, skip_mode, param_paths, last_saved), None  # never save NaN
-      checkpointer.save(step, state, data_iter.get_state(), signature, {"skipped_nonfinite": skipped})
-      last_save, last_saved = time.monotonic(), step
+    if itstime(step, config.checkpoint_every_steps, last) or time_due or stop:
+      health.flush()  # never save a non-finite state
+      checkpointer.save(step, state, data_iter.get_state(), signature, {"skipped_nonfinite": health.skipped})
+      last_save_time, health.last_saved_step = time.monotonic(), step
     if stop and not last:
-      break
-    if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
+      raise guards.Preempted(f"stopped at step {step} after {watch.signal_name}; checkpoint step {step} saved in "
+                             f"{checkpointer.directory}; rerun the same command to continue")
+    if itstime(step, config.eval_every_steps) and not last:
       writer.write(step, evaluator.flat_metrics(evaluator.run(state["params"], state["batch_stats"])))
       progress.start(step)  # evaluation time is not training throughput
+      timer.reset(step)
 
-  checkpointer.close()
-  data_iter.close()
-  if stop and step < config.total_steps:
-    writer.close()
-    raise guards.Preempted(f"stopped at step {step} after {watch.signal_name}; checkpoint step {step} saved in "
-                           f"{checkpointer.directory}; rerun the same command to continue")
   results = evaluator.run(state["params"], state["batch_stats"])
   final = {"params_checksum": ckpt_lib.tree_checksum(state["params"]), **evaluator.flat_metrics(results)}
   writer.write(step, final)
-  writer.close()
   if is_main:
     with open(os.path.join(workdir, "final_eval.json"), "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2, sort_keys=True)
@@ -257,6 +276,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
     print(f"checkpoints: {checkpointer.directory}\nmetrics:     {os.path.join(workdir, 'metrics.jsonl')}"
           f"\nfinal eval:  {os.path.join(workdir, 'final_eval.json')}", flush=True)
   return results
+
+
+def _agree(decision: bool) -> bool:
+  """Process 0's decision, on every process (a collective: call it at the same step everywhere)."""
+  if jax.process_count() == 1:
+    return decision
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(decision)))
 
 
 def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]:

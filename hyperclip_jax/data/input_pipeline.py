@@ -38,6 +38,7 @@ import grain.experimental
 import numpy as np
 
 from hyperclip_jax.data import bad_data
+from hyperclip_jax.data import pixels
 from hyperclip_jax.data import sources
 from hyperclip_jax.data import streaming
 from hyperclip_jax.data.sources.demo import ZeroShotTask
@@ -51,6 +52,15 @@ DEFAULT_PP = "decode|resize({size})|value_range(-1, 1)|tokenize|keep('image', 't
 def train_pp(config_data: Any) -> str:
   """config.data.pp, or the default decode|resize|value_range|tokenize at config.data.image_size."""
   return config_data.get("pp", "") or DEFAULT_PP.format(size=config_data.get("image_size", 64))
+
+
+def train_pixel_affine(config_data: Any) -> pixels.PixelAffine:
+  """What the train step applies to the batch's uint8 images: the pp spec's final value_range (procedural
+  sources render uint8 with the models' [-1, 1] convention). A spec that keeps its value_range on the host
+  gives float32 batches, which the affine passes through."""
+  if config_data.get("name", "demo") == "demo":  # rendered pixels, no pp
+    return pixels.DEFAULT
+  return pixels.split_device_affine(train_pp(config_data))[1] or pixels.DEFAULT
 
 
 def to_model_image(image: np.ndarray) -> np.ndarray:
@@ -70,7 +80,7 @@ class _HostPosition:
 
 
 class _ReadExample:
-  """Global position -> model inputs {'image': f32 [H, W, 3], 'text': i32 [L], 'index': i64}."""
+  """Global position -> model inputs {'image': u8 [H, W, 3], 'text': i32 [L], 'index': i64}."""
 
   def __init__(self, source: Any, tokenizer: Tokenizer, max_len: int, shuffle: bool, seed: int):
     self.source, self.tokenizer, self.max_len = source, tokenizer, max_len
@@ -89,7 +99,7 @@ class _ReadExample:
   def __call__(self, g: int) -> dict:
     example = self.source[self.source_index(g)]
     return {
-        "image": to_model_image(example["image"]),
+        "image": np.asarray(example["image"], np.uint8),
         "text": self.tokenizer.encode([example["caption"]], self.max_len)[0],
         "index": np.int64(g),
     }
@@ -175,7 +185,9 @@ class TrainIterator(grain.DatasetIterator):
 def make_train_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_size: int, seed: int,
                         process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
   """Endless iterator of this host's slice of each global batch:
-  {'image': f32 [b, H, W, 3] in [-1, 1], 'text': i32 [b, L], 'index': i64 [b]}, b = global / process_count.
+  {'image': u8 [b, H, W, 3], 'text': i32 [b, L], 'index': i64 [b]}, b = global / process_count. The images
+  are pixels: the train step turns them into model inputs with train_pixel_affine(config_data) (a pp spec
+  whose value_range cannot move to the device gives float32 images, which that affine passes through).
   `it.get_state()` / `it.set_state(state)` checkpoint it (grain/Orbax protocol).
   """
   if process_count < 1 or not 0 <= process_index < process_count:

@@ -267,6 +267,11 @@ def _signature(name: str) -> str:
   return f"{name}{inspect.signature(OPS[name])}".replace(" -> Op", "")
 
 
+def split_spec(spec: str) -> list[str]:
+  """The op strings of a pp spec, in order ('decode|resize(64)' -> ['decode', 'resize(64)'])."""
+  return [part for part in _split(spec) if part]
+
+
 def parse_call(text: str, table: dict[str, Callable[..., Any]], what: str) -> tuple[str, tuple, dict]:
   """'name' or 'name(literal args)' -> (name, args, kwargs); errors list the known names."""
   try:

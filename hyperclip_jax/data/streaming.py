@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import grain
 import numpy as np
 
-from hyperclip_jax.data import bad_data, pp as pp_lib
+from hyperclip_jax.data import bad_data, pixels, pp as pp_lib
 from hyperclip_jax.data.bad_data import BadSample
 from hyperclip_jax.data.sources import webdataset
 
@@ -28,22 +28,25 @@ class Preprocess:
 
   def __init__(self, spec: str, tokenizer: Any, max_len: int, image_size: int):
     self.spec, self.tokenizer, self.max_len, self.image_size = spec, tokenizer, max_len, image_size
-    self._fn = pp_lib.build(spec, tokenizer, max_len)  # parse now: a bad spec fails before any worker starts
+    # The final value_range runs in the train step (uint8 travels to the device): the host stops before it.
+    self.host_spec, affine = pixels.split_device_affine(spec)
+    self.image_dtype = np.uint8 if affine is not None else np.float32
+    self._fn = pp_lib.build(self.host_spec, tokenizer, max_len)  # parse now: a bad spec fails before any worker
 
   def __getstate__(self):
     return {k: v for k, v in self.__dict__.items() if k != "_fn"}
 
   def __setstate__(self, state):
     self.__dict__.update(state)
-    self._fn = pp_lib.build(self.spec, self.tokenizer, self.max_len)
+    self._fn = pp_lib.build(self.host_spec, self.tokenizer, self.max_len)
 
   def __call__(self, example: dict, rng: np.random.Generator) -> dict:
     out = self._fn(example, rng)
     image, text = out.get("image"), out.get("text")
     want = (self.image_size, self.image_size, 3)
-    if not isinstance(image, np.ndarray) or image.shape != want or image.dtype != np.float32:
+    if not isinstance(image, np.ndarray) or image.shape != want or image.dtype != self.image_dtype:
       got = getattr(image, "shape", type(image).__name__), getattr(image, "dtype", "")
-      raise ValueError(f"config.data.pp={self.spec!r} gives image {got}, the model needs float32 {want}; end "
+      raise ValueError(f"config.data.pp={self.spec!r} gives image {got}, the model needs {want}; end "
                        f"the image ops with resize({self.image_size})|value_range(-1, 1)")
     if not isinstance(text, np.ndarray) or text.shape != (self.max_len,):
       raise ValueError(f"config.data.pp={self.spec!r} gives no text of shape ({self.max_len},); add tokenize")
