@@ -27,7 +27,7 @@ def _last_metrics(workdir):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("full"))
-  results = train.train(_tiny(), workdir)
+  results = train.train(_tiny(**{"profile.first_step": 3, "profile.num_steps": 1}), workdir)
   return workdir, results
 
 
@@ -43,6 +43,21 @@ def test_run_writes_metrics_config_and_final_eval(full_run):
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   losses = [r["train/loss"] for r in rows if "train/loss" in r]
   assert all(l == l and l > 0 for l in losses)
+
+
+def test_run_logs_perf_figures_topology_and_a_profile(full_run):
+  workdir, _ = full_run
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if '"train/loss"' in l]
+  for row in rows[1:]:  # the first log window may hold only the compile step's successor
+    assert row["perf/step_time"] > 0 and 0 <= row["perf/data_wait"] < row["perf/step_time"]
+    assert row["perf/images_per_sec_per_device"] == pytest.approx(32 / row["perf/step_time"] / 8)
+    assert row["perf/mfu"] is None  # no peak FLOP/s for CPUs
+  with open(os.path.join(workdir, "run_info.json")) as f:
+    topology = json.load(f)["topology"]
+  assert topology["global_devices"] == 8 and topology["process_count"] == 1 and topology["platform"] == "cpu"
+  assert topology["mesh"] == {"data": 8, "fsdp": 1}
+  traces = [f for _, _, files in os.walk(os.path.join(workdir, "profile")) for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
 
 
 def test_resume_is_bit_exact(full_run, tmp_path, capfd, monkeypatch):
