@@ -3,7 +3,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hyperclip_jax.data import input_pipeline, sources
+from hyperclip_jax.data import input_pipeline, pixels, sources
 from hyperclip_jax.data.sources.demo import DemoSource, demo_tasks
 from hyperclip_jax.data.tokenizers import get_tokenizer
 
@@ -22,14 +22,15 @@ def test_batches_have_model_input_shapes_and_ranges():
   tok = get_tokenizer("bytes")
   it = input_pipeline.make_train_iterator(_config(), tok, global_batch_size=4, seed=0)
   first, second = _take(it, 2)
-  assert first["image"].shape == (4, 32, 32, 3) and first["image"].dtype == np.float32
+  assert first["image"].shape == (4, 32, 32, 3) and first["image"].dtype == np.uint8  # pixels: [-1, 1] on device
   assert first["text"].shape == (4, 24) and first["text"].dtype == np.int32
   assert first["index"].dtype == np.int64
   np.testing.assert_array_equal(first["index"], [0, 1, 2, 3])
   np.testing.assert_array_equal(second["index"], [4, 5, 6, 7])
-  assert -1.0 <= first["image"].min() < 0.0 < first["image"].max() <= 1.0
+  assert first["image"].min() < 128 < first["image"].max()
   source = DemoSource(32, seed=0)
-  np.testing.assert_allclose(first["image"][2], source[2]["image"] / 127.5 - 1.0, atol=1e-6)
+  np.testing.assert_array_equal(first["image"][2], source[2]["image"])
+  assert input_pipeline.train_pixel_affine(_config()) == pixels.DEFAULT
   assert tok.decode(second["text"][1:2]) == [source[5]["caption"][:23]]
 
 

@@ -40,7 +40,7 @@ def test_jsonl_manifest_epoch_and_bad_rows_counted(tmp_path):
   (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
   it = input_pipeline.make_train_iterator(_config(tmp_path / "m.jsonl"), TOK, 3, seed=0)
   batches = [next(it) for _ in range(3)]  # one epoch of 9 rows; each bad row is replaced by the next good one
-  assert batches[0]["image"].shape == (3, 16, 16, 3) and batches[0]["image"].dtype == np.float32
+  assert batches[0]["image"].shape == (3, 16, 16, 3) and batches[0]["image"].dtype == np.uint8
   ids = [i for b in batches for i in _ids(b)]
   assert set(ids) == {0, 1, 3, 4, 7}
   skipped = {k.split("/")[-1]: v for k, v in it.metrics().items() if v}

@@ -27,7 +27,7 @@ def test_labelled_datasets_caption_with_class_names(name, n_classes):
     assert example["image"].dtype == np.uint8 and example["image"].shape[-1] == 3
     assert example["caption"] == f"a photo of a {source.class_names[example['label']]}."
     batch = next(input_pipeline.make_train_iterator(_config(tfds_name=name), TOK, 3, seed=0))
-  assert batch["image"].shape == (3, 16, 16, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (3, 16, 16, 3) and batch["image"].dtype == np.uint8
   assert all(t.startswith("a photo of a ") for t in TOK.decode(batch["text"]))
 
 
