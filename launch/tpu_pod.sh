@@ -25,8 +25,8 @@
 #   --poll S            seconds between queued-resource state checks (default 60)
 #   --spot              spot capacity (can be preempted: the run saves a checkpoint and exits 75)
 #   --python MODE       how workers get Python >= 3.11: uv (default), deadsnakes, system (see below)
-#   --env KEY=VALUE     extra environment for the trainer on every worker (repeatable), e.g.
-#                       --env XLA_FLAGS=... ; TFDS_DATA_DIR, LIBTPU_INIT_ARGS, JAX_COMPILATION_CACHE_DIR and
+#   --env KEY=VALUE     extra environment for the trainer on every worker (repeatable), e.g. --env XLA_FLAGS=...
+#                       or --env JAX_COMPILATION_CACHE_DIR=gs://b/cache; TFDS_DATA_DIR, LIBTPU_INIT_ARGS and
 #                       every HYPERCLIP_* variable set here are passed on as they are
 #   --steps LIST        up: comma list of create,copy,install,run (default: all four)
 #   --log-dir DIR       logs: where the worker logs go (default runs/tpu_logs/NAME)
@@ -53,10 +53,9 @@ fail() { echo "tpu_pod.sh: error: $*" >&2; exit 1; }  # runtime errors
 UV_VERSION=0.13.8  # the uv wheel the workers install from PyPI
 MIN_PYTHON=3.11
 REMOTE=hyperclip_jax  # checkout on each worker, relative to the ssh user's home
-FORWARDED_ENV=(TFDS_DATA_DIR LIBTPU_INIT_ARGS JAX_COMPILATION_CACHE_DIR)  # plus HYPERCLIP_*
+FORWARDED_ENV=(TFDS_DATA_DIR LIBTPU_INIT_ARGS)  # + HYPERCLIP_*; the rest by --env: this machine's XLA_FLAGS may not fit a TPU
 
 command="up"
-case "${1:-}" in up|status|logs|stop) command="$1"; shift ;; esac
 
 name="" zone="" accelerator="" config="" workdir="" project="" version="" python_mode="uv"
 queued=0 spot=0 steps="create,copy,install,run" log_dir="" dry_run=0 wait_timeout=86400 poll=60
@@ -89,6 +88,7 @@ while [[ $# -gt 0 ]]; do
     --spot) spot=1; shift ;;
     --follow) follow=1; shift ;;
     --dry-run) dry_run=1; shift ;;
+    up|status|logs|stop) command="$1"; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 && !/^#SBATCH/' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; break ;;
     *) die "unknown argument '$1'; see --help" ;;
@@ -224,11 +224,14 @@ $py_ok || { echo "worker \$W: error: no Python >= $MIN_PYTHON venv; run: launch/
 if [ -s logs/train.pid ] && kill -0 "\$(cat logs/train.pid)" 2>/dev/null; then
   echo "worker \$W: error: a run is going (pid \$(cat logs/train.pid)); see launch/tpu_pod.sh status / stop" >&2; exit 1
 fi
-rm -f logs/exit_code
+rm -f logs/exit_code logs/train.pid
 echo "=== \$(date -u +%FT%TZ) start" >> logs/train.log
 # Detached: its own session (setsid), immune to hangups (nohup), no terminal; ending this ssh session leaves it be.
 setsid nohup bash -c $wrapper >> logs/train.log 2>&1 < /dev/null &
-echo "worker \$W: started; log ~/$REMOTE/logs/train.log"
+# Return only once the wrapper, already in its own session, has recorded the trainer's pid.
+for _ in \$(seq 300); do [ -s logs/train.pid ] && break; sleep 0.1; done
+[ -s logs/train.pid ] || { echo "worker \$W: error: the run did not start; see ~/$REMOTE/logs/train.log" >&2; exit 1; }
+echo "worker \$W: started (pid \$(cat logs/train.pid)); log ~/$REMOTE/logs/train.log"
 EOF
 }
 
