@@ -159,7 +159,8 @@ def test_tpu_run_passes_the_environment_on():
              "--workdir", "/w", "--env", "XLA_FLAGS=--xla_a=1 --xla_b=2", env=env)
   assert out.returncode == 0, out.stderr
   run = _remote_script(_printed(out.stderr)[0])
-  wrapper = shlex.split(run[run.index("bash -c "):])[2]  # the detached command, as bash -c gets it
+  line = next(l for l in run.splitlines() if l.startswith("setsid nohup bash -c "))
+  wrapper = shlex.split(line)[4]  # the detached command, as bash -c gets it
   assert shlex.split(wrapper)[:5] == ["env", "TFDS_DATA_DIR=/mnt/tfds", "HYPERCLIP_COORDINATOR_PORT=1234",
                                       "XLA_FLAGS=--xla_a=1 --xla_b=2", ".venv/bin/python"]
 
