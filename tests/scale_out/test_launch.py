@@ -68,7 +68,11 @@ def test_missing_argument_fails_fast(script, args, message):
 def test_distributed_settings_from_env():
   cfg = h.tiny_config().distributed
   assert distributed.settings(cfg, {}) is None
-  assert distributed.settings(cfg, {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "4"}) == {}
+  # The step gpu_slurm.sbatch starts: one task per node, every GPU of the node, the port it passes on.
+  slurm = {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_STEP_NODELIST": "gpu[01-04]",
+           "SLURM_TASKS_PER_NODE": "1(x4)", "SLURM_GPUS_ON_NODE": "8", "HYPERCLIP_COORDINATOR_PORT": "30001"}
+  assert distributed.settings(cfg, slurm) == {"coordinator_address": "gpu01:30001", "num_processes": 4,
+                                              "process_id": 2, "local_device_ids": list(range(8))}
   assert distributed.settings(cfg, {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2",
                                     "JAX_PROCESS_ID": "1"}) == {
       "coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
@@ -270,34 +274,34 @@ def test_slurm_header_one_task_per_node_all_gpus_signal_requeue():
 def test_slurm_dry_run_prints_sbatch_env_and_srun():
   out = _run("gpu_slurm.sbatch", "--dry-run", "--config", "configs/datacomp.py:scale=small", "--workdir", "/shared/r",
              "--venv", "/v", "--", "--config.batch_size=8192",
-             env={"SLURM_JOB_ID": "", "SLURM_CPUS_PER_TASK": "", "SLURM_GPUS_PER_NODE": "", "XLA_FLAGS": ""})
+             env={"SLURM_JOB_ID": "", "SLURM_CPUS_PER_TASK": "", "SLURM_GPUS_PER_NODE": "", "XLA_FLAGS": "",
+                  "HYPERCLIP_COORDINATOR_PORT": ""})
   assert out.returncode == 0, out.stderr
   lines = out.stdout.strip().splitlines()
   assert lines[0].strip().endswith("gpu_slurm.sbatch --config configs/datacomp.py:scale=small --workdir /shared/r "
                                    "--venv /v -- --config.batch_size=8192")
   assert "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.90" in lines
   assert "export XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true" in lines
-  assert "export HYPERCLIP_COORDINATOR_PORT=29500" in lines
+  assert not any("HYPERCLIP_COORDINATOR_PORT" in l for l in lines)  # unset: the trainer derives one per job
   srun = shlex.split(lines[-1])
   header = _sbatch_header()
   assert srun[:5] == ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1",
                       f"--cpus-per-task={header['cpus-per-task']}", f"--gpus-per-node={header['gpus-per-node']}"]
   assert srun[srun.index("-m"):] == [
       "-m", "hyperclip_jax.train", "--config", "configs/datacomp.py:scale=small", "--workdir", "/shared/r",
-      "--config.distributed.mode=on", f"--config.data.worker_count={int(header['cpus-per-task']) - 8}",
-      "--config.batch_size=8192"]
+      "--config.distributed.mode=on", "--config.batch_size=8192"]
 
 
-@pytest.mark.parametrize("workers, expected", [("config", None), ("12", "12"), ("auto", "40")])
-def test_slurm_cpus_gpus_and_workers_follow_the_allocation(workers, expected):
+def test_slurm_cpus_and_gpus_follow_the_allocation():
   out = _run("gpu_slurm.sbatch", "--config", "c", "--workdir", "/w",
              env={"DRY_RUN": "1", "SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "48", "SLURM_GPUS_PER_NODE": "h200:4",
-                  "WORKERS": workers})
+                  "HYPERCLIP_COORDINATOR_PORT": "30001"})
   assert out.returncode == 0, out.stderr
-  srun = shlex.split(out.stdout.strip().splitlines()[-1])
-  assert "--cpus-per-task=48" in srun and "--gpus-per-node=4" in srun
-  counts = [a.split("=")[1] for a in srun if a.startswith("--config.data.worker_count=")]
-  assert counts == ([expected] if expected else [])
+  lines = out.stdout.strip().splitlines()
+  assert "export HYPERCLIP_COORDINATOR_PORT=30001" in lines
+  srun = shlex.split(lines[-1])
+  assert srun[:5] == ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", "--cpus-per-task=48",
+                      "--gpus-per-node=4"]
 
 
 def test_slurm_xla_flags_are_known_to_the_installed_jaxlib():
@@ -341,7 +345,7 @@ def test_slurm_signal_checkpoints_then_requeues_or_stops(tmp_path, sig, requeued
   assert ("scontrol requeue 4242" in calls) == requeued, err
   assert proc.returncode == rc, err
   srun = next(c for c in calls if c.startswith("srun "))
-  assert "--cpus-per-task=48 --gpus-per-node=4" in srun and "--config.data.worker_count=40" in srun
+  assert "--cpus-per-task=48 --gpus-per-node=4" in srun
   srun_env = dict(l.split("=", 1) for l in (tmp_path / "srun_env").read_text().splitlines() if "=" in l)
   assert srun_env["HYPERCLIP_COORDINATOR_PORT"] == "30001" and srun_env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.90"
   assert "--xla_gpu_enable_latency_hiding_scheduler=true" in srun_env["XLA_FLAGS"]
