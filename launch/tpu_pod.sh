@@ -15,8 +15,8 @@
 #   --zone ZONE         e.g. us-central2-b                                                      (required)
 #   --accelerator TYPE  v4-32, v5litepod-16, v5p-32, v6e-16, ...                         (required by create)
 #   --config CFG        e.g. configs/datacomp.py:encoder=efficientnet_b0,scale=medium          (required by run)
-#   --workdir DIR       run directory every worker sees: gs://bucket/path (pip extra [gcs], installed
-#                       automatically) or a shared mount (Filestore/NFS)                       (required by run)
+#   --workdir DIR       run directory every worker sees: gs://bucket/path (the [gcs] extra is installed) or a
+#                       shared mount (Filestore/NFS; gcsfuse needs care: docs/scaling.md)     (required by run)
 #   --project P         GCP project (default: gcloud's configured one)
 #   --version RUNTIME   TPU software version; default per family: v4 (and older) tpu-ubuntu2204-base,
 #                       v5litepod/v5e v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e
@@ -40,7 +40,8 @@
 # unattended upgrades), no python3-venv package, the same Python on every worker. It needs the workers to reach
 # PyPI and GitHub (where uv's Python builds live). `deadsnakes`: apt installs python3.11 + python3.11-venv from
 # the deadsnakes PPA (needs sudo and Launchpad). `system`: the image's python3 (a custom image with >= 3.11).
-# Then pip installs requirements.txt and jax[tpu] at requirements.txt's jax pin (libtpu comes from PyPI).
+# Then pip installs requirements.txt, jax[tpu] at requirements.txt's jax pin (libtpu comes from PyPI) and this
+# package with its [gcs] extra.
 #
 # On each worker the run lives in ~/hyperclip_jax/logs: train.log (appended across reruns), train.pid,
 # exit_code. Exit 75 = stopped with a checkpoint saved (SIGTERM, spot preemption, `stop`): rerun
@@ -173,10 +174,9 @@ worker_id='W=$(curl -sf -m 5 -H Metadata-Flavor:Google http://metadata.google.in
 py_ok=".venv/bin/python -c 'import sys; sys.exit(sys.version_info < (${MIN_PYTHON/./, }))'"
 
 install_script() {
-  local make_venv jax_pin extras=""
+  local make_venv jax_pin
   jax_pin="$(sed -n 's/^jax==\([^ #]*\).*/\1/p' "$root/requirements.txt")"
   [[ -n "$jax_pin" ]] || fail "requirements.txt has no 'jax==VERSION' line to match jax[tpu] to"
-  [[ "$workdir" == gs://* ]] && extras="[gcs]"
   case "$python_mode" in
     uv) make_venv="python3 -m pip --version >/dev/null 2>&1 || { sudo apt-get update -q && sudo apt-get install -y -q python3-pip; }
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --user uv==$UV_VERSION  # a user install of one binary
@@ -199,7 +199,7 @@ fi
 $py_ok || { echo "worker \$W: error: .venv has \$(.venv/bin/python -V 2>&1); need Python >= $MIN_PYTHON" >&2; exit 1; }
 .venv/bin/python -m pip install -q -U pip
 .venv/bin/python -m pip install -q -r requirements.txt 'jax[tpu]==$jax_pin'
-.venv/bin/python -m pip install -q -e '.$extras'
+.venv/bin/python -m pip install -q -e '.[gcs]'  # gs:// workdirs and shards, the usual case on TPU VMs
 echo "worker \$W: installed, \$(.venv/bin/python -V)"
 EOF
 }

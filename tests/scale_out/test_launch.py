@@ -129,7 +129,7 @@ def test_tpu_dry_run_installs_python_311_runs_detached_and_fetches_logs(accelera
   assert "uv python install 3.11" in install and "uv venv --seed --python 3.11 .venv" in install
   assert "sys.version_info < (3, 11)" in install
   assert f"pip install -q -r requirements.txt 'jax[tpu]=={_jax_pin()}'" in install
-  assert "pip install -q -e '.[gcs]'" in install  # a gs:// workdir needs the [gcs] extra
+  assert "pip install -q -e '.[gcs]'" in install  # gs:// workdirs and shards
   subprocess.run(["bash", "-n", "-c", install], check=True)  # it parses
   run = next(_remote_script(c) for c in ssh if "hyperclip_jax.train" in c)
   assert "setsid nohup bash -c " in run and ">> logs/train.log 2>&1 < /dev/null &" in run
