@@ -54,10 +54,11 @@ fail() { echo "tpu_pod.sh: error: $*" >&2; exit 1; }  # runtime errors
 UV_VERSION=0.13.8  # the uv wheel the workers install from PyPI
 MIN_PYTHON=3.11
 REMOTE=hyperclip_jax  # checkout on each worker, relative to the ssh user's home
-FORWARDED_ENV=(TFDS_DATA_DIR LIBTPU_INIT_ARGS)  # + HYPERCLIP_*; the rest by --env: this machine's XLA_FLAGS may not fit a TPU
+# Passed on to the trainer when set here, with every HYPERCLIP_*; the rest only by --env (XLA_FLAGS set for this
+# machine may not suit a TPU).
+FORWARDED_ENV=(TFDS_DATA_DIR LIBTPU_INIT_ARGS)
 
 command="up"
-
 name="" zone="" accelerator="" config="" workdir="" project="" version="" python_mode="uv"
 queued=0 spot=0 steps="create,copy,install,run" log_dir="" dry_run=0 wait_timeout=86400 poll=60
 lines=20 follow=0 workers=""
@@ -118,10 +119,13 @@ elif [[ ${#overrides[@]} -gt 0 ]]; then
   die "training arguments after -- belong to 'up', not '$command'"
 fi
 for number in wait_timeout poll lines; do
-  [[ "${!number}" =~ ^[0-9]+$ ]] || die "--${number//_/-} must be a whole number of ${number/lines/line}s"
+  [[ "${!number}" =~ ^[0-9]+$ ]] || die "--${number//_/-} must be a whole number, got '${!number}'"
 done
 [[ -z "$workers" || "$workers" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, got '$workers'"
-case "$python_mode" in uv|deadsnakes|system) ;; *) die "--python: '$python_mode' is unknown; known: uv, deadsnakes, system" ;; esac
+case "$python_mode" in
+  uv|deadsnakes|system) ;;
+  *) die "--python: '$python_mode' is unknown; known: uv, deadsnakes, system" ;;
+esac
 
 # The TPU software version Google documents for JAX on each TPU family (cloud.google.com/tpu/docs/runtimes).
 default_version() {
@@ -178,7 +182,8 @@ install_script() {
   jax_pin="$(sed -n 's/^jax==\([^ #]*\).*/\1/p' "$root/requirements.txt")"
   [[ -n "$jax_pin" ]] || fail "requirements.txt has no 'jax==VERSION' line to match jax[tpu] to"
   case "$python_mode" in
-    uv) make_venv="python3 -m pip --version >/dev/null 2>&1 || { sudo apt-get update -q && sudo apt-get install -y -q python3-pip; }
+    uv) make_venv="python3 -m pip --version >/dev/null 2>&1 ||
+    { sudo apt-get update -q && sudo apt-get install -y -q python3-pip; }
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --user uv==$UV_VERSION  # a user install of one binary
   ~/.local/bin/uv python install $MIN_PYTHON
   ~/.local/bin/uv venv --seed --python $MIN_PYTHON .venv" ;;
@@ -197,7 +202,6 @@ if ! $py_ok 2>/dev/null; then  # none yet, or one of an older Python
   $make_venv
 fi
 $py_ok || { echo "worker \$W: error: .venv has \$(.venv/bin/python -V 2>&1); need Python >= $MIN_PYTHON" >&2; exit 1; }
-.venv/bin/python -m pip install -q -U pip
 .venv/bin/python -m pip install -q -r requirements.txt 'jax[tpu]==$jax_pin'
 .venv/bin/python -m pip install -q -e '.[gcs]'  # gs:// workdirs and shards, the usual case on TPU VMs
 echo "worker \$W: installed, \$(.venv/bin/python -V)"
@@ -213,14 +217,16 @@ run_script() {
   printf -v train '%q ' env "${env_args[@]}" .venv/bin/python -m hyperclip_jax.train --config "$config" \
     --workdir "$workdir" --config.distributed.mode=on "${overrides[@]}"
   # The wrapper records the trainer's pid and, once it ends, its exit code; the trainer gets SIGTERM from `stop`.
-  wrapper="${train}& echo \$! > logs/train.pid; wait \$!; rc=\$?; echo \$rc > logs/exit_code; echo \"=== \$(date -u +%FT%TZ) exit \$rc\""
+  wrapper="${train}& echo \$! > logs/train.pid; wait \$!; rc=\$?; echo \$rc > logs/exit_code"
+  wrapper+="; echo \"=== \$(date -u +%FT%TZ) exit \$rc\""
   wrapper="$(squote "$wrapper")"
   cat <<EOF
 set -euo pipefail
 $worker_id
 cd $REMOTE
 mkdir -p logs
-$py_ok || { echo "worker \$W: error: no Python >= $MIN_PYTHON venv; run: launch/tpu_pod.sh up ... --steps install" >&2; exit 1; }
+$py_ok || { echo "worker \$W: error: no Python >= $MIN_PYTHON venv; run: launch/tpu_pod.sh up ... --steps install" >&2
+  exit 1; }
 if [ -s logs/train.pid ] && kill -0 "\$(cat logs/train.pid)" 2>/dev/null; then
   echo "worker \$W: error: a run is going (pid \$(cat logs/train.pid)); see launch/tpu_pod.sh status / stop" >&2; exit 1
 fi

@@ -56,7 +56,8 @@ def test_local_multiprocess_dry_run_prints_one_command_per_process():
     ("tpu_pod.sh", ["--name"], "--name needs a value"),
     ("tpu_pod.sh", ["--name", "x", "--zone", "z", "--steps", "run", "--config", "c"], "--workdir is required"),
     ("tpu_pod.sh", ["logs", "--zone", "z"], "--name is required"),
-    ("tpu_pod.sh", ["--name", "x", "--zone", "z", "--accelerator", "v9-8", "--steps", "create"], "pass --version RUNTIME"),
+    ("tpu_pod.sh", ["--name", "x", "--zone", "z", "--accelerator", "v9-8", "--steps", "create"],
+     "pass --version RUNTIME"),
     ("tpu_pod.sh", ["--name", "x", "--zone", "z", "--steps", "run", "--config", "c", "--workdir", "w", "--python",
                     "conda"], "--python: 'conda' is unknown"),
 ])
