@@ -352,6 +352,22 @@ def test_slurm_signal_checkpoints_then_requeues_or_stops(tmp_path, sig, requeued
   assert "--xla_gpu_enable_latency_hiding_scheduler=true" in srun_env["XLA_FLAGS"]
 
 
+def test_slurm_scancel_stops_without_requeue(tmp_path):
+  """A plain scancel signals the batch shell and the step alike; the job must not come back by itself."""
+  env = launch_fakes.fake_slurm(tmp_path)
+  proc = _submit(tmp_path, env)
+  try:
+    _wait_for(lambda: (tmp_path / "task.pid").exists(), "the srun task")
+    proc.send_signal(signal.SIGTERM)
+    os.kill(int((tmp_path / "task.pid").read_text()), signal.SIGTERM)  # what SLURM does to the step's tasks
+    _, err = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 75, err
+  assert not any(c.startswith(("scontrol", "scancel")) for c in launch_fakes.calls(tmp_path))
+
+
 @pytest.mark.parametrize("task_rc, requeued, rc", [("0", False, 0), ("75", True, 0), ("3", False, 3)])
 def test_slurm_requeues_exactly_when_the_trainer_exits_75(tmp_path, task_rc, requeued, rc):
   env = launch_fakes.fake_slurm(tmp_path)
