@@ -25,7 +25,7 @@ def on_term(signum, frame):
   sys.exit(75)
 
 signal.signal(signal.SIGTERM, on_term)
-for _ in range(600):  # at most a minute, whatever happens to the test
+for _ in range(1800):  # at most three minutes, whatever happens to the test
   time.sleep(0.1)
 '''
 
@@ -64,7 +64,7 @@ elif args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
     env.update(HOME=str(home), FAKE_WORKER=str(w), PATH=str(fake / "worker_bin") + os.pathsep + env["PATH"])
     proc = subprocess.Popen(["bash", "-c", opt("--command")], cwd=home, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
     try:  # the ssh session ends: sshd hangs up on everything left in its process group
       os.killpg(proc.pid, signal.SIGHUP)
     except ProcessLookupError:
@@ -88,7 +88,7 @@ echo "srun $*" >> "{fake}/calls.log"
 env > "{fake}/srun_env"
 bash -c 'trap "echo task: SIGTERM; exit 75" TERM; echo $$ > "{fake}/task.pid"
   if [ -n "${{FAKE_TASK_RC:-}}" ]; then exit "$FAKE_TASK_RC"; fi
-  for _ in $(seq 600); do sleep 0.1; done; exit 99' &
+  for _ in $(seq 1800); do sleep 0.1; done; exit 99' &
 wait $!
 '''
 

@@ -23,7 +23,7 @@ SCRIPTS = ["local_multiprocess.sh", "gpu_slurm.sbatch", "tpu_pod.sh"]
 
 def _run(script, *args, env=None):
   return subprocess.run(["bash", os.path.join(LAUNCH, script), *args], capture_output=True, text=True,
-                        env={**os.environ, **(env or {})}, timeout=60)
+                        env={**os.environ, **(env or {})}, timeout=120)
 
 
 def test_shellcheck_passes():
@@ -170,7 +170,7 @@ def test_tpu_run_passes_the_environment_on():
                                       "XLA_FLAGS=--xla_a=1 --xla_b=2", ".venv/bin/python"]
 
 
-def _wait_for(predicate, what, timeout=30.0):
+def _wait_for(predicate, what, timeout=90.0):
   deadline = time.monotonic() + timeout
   while not predicate():
     if time.monotonic() > deadline:
