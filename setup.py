@@ -18,7 +18,7 @@ setuptools.setup(
     long_description=(_HERE / "README.md").read_text() if (_HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=setuptools.find_packages(include=["hyperclip_jax", "hyperclip_jax.*"]),
     package_data={"hyperclip_jax": ["evaluators/data/*"]},
     install_requires=_requirements(),

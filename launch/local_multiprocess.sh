@@ -12,7 +12,7 @@
 #   --dry-run                print the exact commands and exit
 #   after --                 the hyperclip-train arguments, passed unchanged to every process
 #
-# Env: PYTHON (default .venv/bin/python when present, else python3). Exit status: the first failing
+# Env: PYTHON (>= 3.11; default .venv/bin/python when present, else python3). Exit status: the first failing
 # process's, else 0. All processes must see the same workdir (here: the same disk).
 set -euo pipefail
 
@@ -69,6 +69,8 @@ if [[ "$dry_run" == 1 ]]; then
   exit 0
 fi
 
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || die "$PYTHON is \
+$("$PYTHON" -V 2>&1 || echo missing); hyperclip_jax needs Python >= 3.11 (set PYTHON=...)"
 mkdir -p "$log_dir"
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
