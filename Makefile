@@ -38,7 +38,7 @@ $(GOLDEN_VENV)/.installed:
 	touch $@
 
 golden: $(GOLDEN_VENV)/.installed
-	$(GOLDEN_VENV)/bin/python bench/make_golden.py
+	$(GOLDEN_VENV)/bin/python tests/models/make_golden.py
 
 # Our train step vs the open_clip-style PyTorch step, interleaved in one run; the torch side runs in its own venv
 # as a subprocess (bench/peer_torch.py). open_clip_torch is optional there: the peer falls back to torch + timm.
@@ -53,12 +53,12 @@ $(PEER_VENV)/.installed:
 bench-peer: $(VENV)/.installed $(PEER_VENV)/.installed
 	$(PY) bench/vs_open_clip.py --peer-python $(PEER_VENV)/bin/python --plot docs/benchmarks.png
 
-# The paper's claim at small scale (issue 8): siglip vs hyperclip vs token, 3 seeds, and the ablations, ~90 min on
+# The paper's claim at small scale: siglip vs hyperclip vs token, 3 seeds, and the ablations, ~90 min on
 # 2 cores. Writes $(OUT)/results.md, results.json, results.png; the runs' workdirs go to runs/reproduce.
 OUT ?= docs
 .PHONY: reproduce
 reproduce: $(VENV)/.installed
-	REPRODUCE_COMMAND="make reproduce OUT=$(OUT)" $(PY) bench/reproduce.py --out $(OUT) --runs runs/reproduce
+	REPRODUCE_COMMAND="make reproduce OUT=$(OUT)" $(PY) bench/studies/reproduce.py --out $(OUT) --runs runs/reproduce
 
 bench: $(VENV)/.installed
 	$(PY) bench/train_step.py

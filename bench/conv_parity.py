@@ -7,32 +7,25 @@ Builds the tower twice from one config (model.conv_impl = native, then cpu_fast)
 same key (the parameters are the same tree), and compares a training-mode forward (batch statistics) and the
 gradients of a fixed projection of its output with respect to the parameters and the images, at XLA's default
 precision and at 'highest' (on GPUs, default f32 convolutions and dots may run in TF32). Prints one JSON line
-per figure: max |a - b| and the same divided by max |a|. Without a conv_impl key in config.model (before the
-key exists) it prints one 'skipped' line and exits 0.
+per figure: max |a - b| and the same divided by max |a|.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import figures  # bench/ is the script's directory, so on sys.path
+
 from hyperclip_jax import config as config_lib
 from hyperclip_jax.models import two_towers
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.py")
 IMPLS = ("native", "cpu_fast")
-
-
-def _emit(**row) -> None:
-  base = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-          "command": shlex.join(["python", "bench/conv_parity.py"] + sys.argv[1:])}
-  print(json.dumps({**row, **base}), flush=True)
 
 
 def _max_abs(tree) -> float:
@@ -49,9 +42,6 @@ def main(argv: list[str]) -> None:
   args = p.parse_args(argv)
   precisions = [q for q in args.precisions.split(",") if q]
   config = config_lib.load_config(DEMO_CONFIG)
-  if config.model.get("conv_impl") is None:
-    _emit(name="conv_parity", status="skipped", note="config.model has no conv_impl key yet (issue 7 part A)")
-    return
   with config.unlocked():
     config.model.variant = "siglip"
     config.model.image.name = args.encoder
@@ -88,8 +78,8 @@ def main(argv: list[str]) -> None:
                   tiny=args.tiny)
     for what, a, b in (("forward", za, zb), ("grad_params", ga, gb), ("grad_images", xa, xb)):
       diff = _max_abs(jax.tree.map(lambda u, v: np.asarray(u, np.float64) - np.asarray(v, np.float64), a, b))
-      _emit(name=f"conv_parity_{what}_max_abs_diff", value=diff, unit="abs", **common)
-      _emit(name=f"conv_parity_{what}_rel_diff", value=diff / max(_max_abs(a), 1e-30), unit="ratio", **common)
+      figures.emit(f"conv_parity_{what}_max_abs_diff", diff, "abs", **common)
+      figures.emit(f"conv_parity_{what}_rel_diff", diff / max(_max_abs(a), 1e-30), "ratio", **common)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ in 5 rounds of reps/5 calls each; without a peer python the timm figures are ski
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -31,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peer_client  # noqa: E402 - bench/ is not a package
+import figures  # bench/ is the script's directory, so on sys.path
+import peer_client
 
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
@@ -43,10 +41,6 @@ from hyperclip_jax import train
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.evaluators import classnames
 from hyperclip_jax.models import two_towers
-
-
-def _emit(**row):
-  print(json.dumps(row), flush=True)
 
 
 def _du(path: str) -> int:
@@ -67,13 +61,6 @@ def _time_pair(fn_a, fn_b, x, reps: int, warmup: int = 3) -> tuple[list[float], 
       jax.block_until_ready(fn(x))
       times.append(time.perf_counter() - t0)
   return times_a, times_b
-
-
-def _row(name: str, value: float, unit: str, **extra) -> None:
-  """A figure in the bench/ format (name, value, unit, backend, device, command)."""
-  row = {"name": name, "value": value, "unit": unit, "backend": jax.default_backend(),
-         "device": str(jax.devices()[0].device_kind), **extra}
-  _emit(**row, command=shlex.join(["python", "bench/export.py"] + sys.argv[1:]))
 
 
 def _write_run(config, workdir: str) -> str:
@@ -155,25 +142,26 @@ def main(argv: list[str]) -> None:
       if peer is not None:
         times_timm += peer.call("time_clf", reps=args.reps // rounds)["times"]
     t_exp, t_plain = statistics.median(times_exp), statistics.median(times_plain)
-    _emit(figure="forward_ms", batch=batch, exported=round(t_exp * 1e3, 3), plain=round(t_plain * 1e3, 3),
-          **common)
-    _emit(figure="exported_over_plain", batch=batch, ratio=round(t_exp / t_plain, 3), goal="<= 1.05", **common)
+    figures.emit("exported_over_plain_latency", round(t_exp / t_plain, 3), "ratio", batch=batch, goal="<= 1.05",
+                 **common)
     for side, t in (("exported", t_exp), ("plain", t_plain)):
-      _row("classifier_forward_ms", round(t * 1e3, 3), "ms", side=side, batch=batch, reps=len(times_exp), **common)
+      figures.emit("classifier_forward_ms", round(t * 1e3, 3), "ms", side=side, batch=batch, reps=len(times_exp),
+                   **common)
     if peer is not None:
       t_timm = statistics.median(times_timm)
-      _row("classifier_forward_ms", round(t_timm * 1e3, 3), "ms", side="timm_channels_last", batch=batch,
-           reps=len(times_timm), torch=peer.info["torch"], timm=peer.info["timm"],
-           peer_device=peer.info["device_name"], peer_params=built["params"], **common)
-      _row("timm_over_exported_latency", round(t_timm / t_exp, 3), "ratio", batch=batch, goal=">= 1.3", **common)
+      figures.emit("classifier_forward_ms", round(t_timm * 1e3, 3), "ms", side="timm_channels_last", batch=batch,
+                   reps=len(times_timm), torch=peer.info["torch"], timm=peer.info["timm"],
+                   peer_device=peer.info["device_name"], peer_params=built["params"], **common)
+      figures.emit("timm_over_exported_latency", round(t_timm / t_exp, 3), "ratio", batch=batch, goal=">= 1.3",
+                   **common)
   if peer is not None:
     peer.close()
   step_dir = os.path.join(workdir, "checkpoints", str(run.step))
-  _emit(figure="size_bytes", artifact=_du(os.path.join(out, export.ARTIFACT)),
-        folded_params=_du(os.path.join(out, export.PARAMS)), training_checkpoint=_du(step_dir),
-        training_params_only=int(sum(np.asarray(x).nbytes for x in jax.tree.leaves((params, batch_stats)))),
-        # a fresh init's checkpoint is small: its optimizer state and the hypernet's zero head compress away
-        checkpoint_of="trained run" if args.workdir else "fresh init", **common)
+  figures.emit("artifact_bytes", _du(os.path.join(out, export.ARTIFACT)), "bytes",
+               folded_params=_du(os.path.join(out, export.PARAMS)), training_checkpoint=_du(step_dir),
+               training_params_only=int(sum(np.asarray(x).nbytes for x in jax.tree.leaves((params, batch_stats)))),
+               # a fresh init's checkpoint is small: its optimizer state and the hypernet's zero head compress away
+               checkpoint_of="trained run" if args.workdir else "fresh init", **common)
 
 
 if __name__ == "__main__":

@@ -89,8 +89,8 @@ part peer_train_step 200 "$PY" bench/vs_open_clip.py --encoders efficientnet_b0 
   --variants siglip --dtype bfloat16 --rounds 5 --steps 5 --sweep "" --peer-impl plain --peer-python "$PEER_PY" \
   --peer-device cuda
 # Last: XLA's GPU compile of the cpu_fast form (9 shifted slices per depthwise layer, forward and backward) is the
-# slowest part: the full B0 did not compile in 140 s at 224 px (session 3) nor in 130 s at 64 px (session 9), so
-# this runs the tiny tower (width 0.1, depth 0.2: every block kind and stride, fewer repeats).
+# slowest part: the full B0 did not compile in 140 s at 224 px nor in 130 s at 64 px on an H200, so this runs
+# the tiny tower (width 0.1, depth 0.2: every block kind and stride, fewer repeats).
 echo "# conv_impl parity: native vs cpu_fast on this GPU (efficientnet_b0 tiny, 64 px, batch 8, f32 at 'highest')"
 part conv_parity 130 "$PY" bench/conv_parity.py --tiny --encoder efficientnet_b0 --image-size 64 --batch 8 \
   --precisions highest

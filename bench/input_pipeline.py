@@ -9,7 +9,6 @@ EfficientNet-B0 224 px bf16 train step measured on an H200, docs/benchmarks.md).
 """
 import argparse
 import io
-import json
 import math
 import os
 import sys
@@ -22,6 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import figures  # noqa: E402 - bench/ is the script's directory, so on sys.path
 from hyperclip_jax.data import input_pipeline, streaming  # noqa: E402
 from hyperclip_jax.data.sources import webdataset  # noqa: E402
 from hyperclip_jax.data.tokenizers import get_tokenizer  # noqa: E402
@@ -108,13 +108,12 @@ def main() -> None:
     common = {"pp": args.pp, "image_px": args.size, "source_px": args.source_px,
               "mean_jpeg_kb": round(nbytes / args.images / 1024, 1), "cpus": os.cpu_count()}
     one = per_worker_rate(pattern, args.pp, args.size, 64)
-    print(json.dumps({"figure": "images_per_sec_per_worker", "value": round(one, 1), **common}), flush=True)
+    figures.emit("images_per_sec_per_worker", round(one, 1), "images/s", **common)
     for workers in (int(w) for w in args.workers.split(",") if w):
       rate = loader_rate(pattern, args.pp, args.size, 64, workers, args.batch, args.seconds)
-      print(json.dumps({"figure": "loader_images_per_sec", "workers": workers, "value": round(rate, 1),
-                        **common}), flush=True)
-    print(json.dumps({"figure": "workers_per_chip", "value": math.ceil(args.chip_rate / one),
-                      "chip_images_per_sec": args.chip_rate, "per_worker": round(one, 1)}), flush=True)
+      figures.emit("loader_images_per_sec", round(rate, 1), "images/s", workers=workers, **common)
+    figures.emit("workers_per_chip", math.ceil(args.chip_rate / one), "workers", chip_images_per_sec=args.chip_rate,
+                 per_worker=round(one, 1))
 
 
 if __name__ == "__main__":

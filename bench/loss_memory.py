@@ -3,17 +3,19 @@
   .venv/bin/python bench/loss_memory.py [--devices 8] [--dim 768] [--batches 512,1024,2048,4096,8192]
 
 Compiles value_and_grad of each loss on a batch sharded over N fake CPU devices and prints one JSON line per
-(loss, batch) with XLA's memory_analysis() of the compiled program (per device: the SPMD program each device
-runs). Nothing is executed, so large batches cost only compile time. The dense loss all-gathers the texts
-and holds [B/N, B] logits per device (quadratic in B); the ring holds one [B/N, B/N] block plus the text
-blocks it has seen ([B, D] in all, linear in B), so at a fixed device count it grows N times slower.
+(loss, batch): the temp bytes of XLA's memory_analysis() of the compiled program, and its other sizes (per
+device: the SPMD program each device runs). Nothing is executed, so large batches cost only compile time. The
+dense loss all-gathers the texts and holds [B/N, B] logits per device (quadratic in B); the ring holds one
+[B/N, B/N] block plus the text blocks it has seen ([B, D] in all, linear in B), so at a fixed device count it
+grows N times slower.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+
+import figures  # bench/ is the script's directory, so on sys.path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,12 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in fns.items():
       compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3))).lower(z, z, scalar, scalar).compile()
       m = compiled.memory_analysis()
-      row = {"loss": name, "batch": b, "devices": args.devices, "dim": args.dim,
-             "temp_bytes_per_device": int(m.temp_size_in_bytes),
-             "argument_bytes_per_device": int(m.argument_size_in_bytes),
-             "output_bytes_per_device": int(m.output_size_in_bytes),
-             "logit_block_bytes": 4 * (b // args.devices) * (b if name == "dense" else b // args.devices)}
-      print(json.dumps(row), flush=True)
+      figures.emit("loss_temp_bytes_per_device", int(m.temp_size_in_bytes), "bytes", loss=name, batch=b,
+                   devices=args.devices, dim=args.dim, argument_bytes_per_device=int(m.argument_size_in_bytes),
+                   output_bytes_per_device=int(m.output_size_in_bytes),
+                   logit_block_bytes=4 * (b // args.devices) * (b if name == "dense" else b // args.devices))
   return 0
 
 

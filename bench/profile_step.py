@@ -3,12 +3,13 @@
   .venv/bin/python bench/profile_step.py --encoder efficientnet_b0 --size 224 --batch 32 [--variant siglip]
       [--steps 3] [--top 15] [--trace-dir DIR]
 
-Builds the same step as bench/vs_open_clip.py (its `make_config`: the demo config at full encoder width and
-depth, demo text tower) with bench/train_step.py's setup, compiles and warms it up, then traces `--steps` steps with `jax.profiler.trace(...,
-create_perfetto_trace=True)` and reads the Perfetto JSON it writes. Every complete event whose name is an XLA op
-of the compiled step (a fusion, dot, convolution, copy, ...) is summed; op kinds are the names without their
-numeric suffix (`multiply_add_fusion.763` -> `multiply_add_fusion`). On the CPU backend ops of one step may run
-concurrently on the thread pool, so the op-time total can exceed the wall time. One JSON line per figure.
+Builds the same step as bench/vs_open_clip.py (its `make_config`: the demo config at full encoder width and depth,
+demo text tower) with bench/train_step.py's setup, compiles and warms it up, then traces `--steps` steps with
+`jax.profiler.trace(..., create_perfetto_trace=True)` and reads the Perfetto JSON it writes. Every complete event
+whose name is an XLA op of the compiled step (a fusion, dot, convolution, copy, ...) is summed; op kinds are the
+names without their numeric suffix (`multiply_add_fusion.763` -> `multiply_add_fusion`). On the CPU backend ops of
+one step may run concurrently on the thread pool, so the op-time total can exceed the wall time. One JSON line per
+figure.
 XLA's fusion names say what a fusion ends in, not all it contains: read `ynn_fusion` as YNNPACK calls (dots and
 the native convolutions), `*_add_fusion` / `multiply_*` as elementwise passes (the shift-add depthwise form,
 BatchNorm), `reduce*` as reductions (BatchNorm statistics, bias and kernel gradients).
@@ -28,9 +29,9 @@ import time
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_step  # noqa: E402  (bench/ is not a package)
-import vs_open_clip  # noqa: E402
+import figures  # bench/ is the script's directory, so on sys.path
+import train_step
+import vs_open_clip
 
 # Events of the runtime and of Python, not XLA ops of the step.
 _NOT_OPS = re.compile(r"^(\$|ThunkExecutor|SlinkyThreadPool|PjitFunction|Thunk|TfrtCpu|PjRt|XlaModule|"
@@ -66,12 +67,10 @@ def main(argv: list[str]) -> None:
   args = p.parse_args(argv)
   if args.steps < 1:
     raise SystemExit(f"--steps={args.steps} must be >= 1")
-  command = "python bench/profile_step.py " + " ".join(argv)
-  base = dict(backend=jax.default_backend(), device=jax.devices()[0].device_kind, command=command,
-              encoder=args.encoder, image_size=args.size, batch=args.batch, variant=args.variant)
+  base = dict(encoder=args.encoder, image_size=args.size, batch=args.batch, variant=args.variant)
 
   def emit(name: str, value: float, unit: str, **extra) -> None:
-    print(json.dumps(dict(name=name, value=value, unit=unit, **base, **extra)), flush=True)
+    figures.emit(name, value, unit, **base, **extra)
 
   config = vs_open_clip.make_config(args.encoder, args.size, args.batch, args.variant)
   _, _, rng, state, step, _, batch = train_step._setup(config, args.variant)  # bench/train_step.py's step

@@ -16,14 +16,13 @@ for `--rounds` rounds (order reversed every other round), in-memory batches only
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
-import statistics
 import sys
 import time
 
 import jax
+
+import figures  # bench/ is the script's directory, so on sys.path
 
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import optim
@@ -32,10 +31,6 @@ from hyperclip_jax import train
 from hyperclip_jax.data import input_pipeline
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
-
-
-def _emit(**row):
-  print(json.dumps(row), flush=True)
 
 
 def _time_steps(step_fn, state, batches, rng, n):
@@ -124,32 +119,27 @@ def _prepare(config, variant):
 def _interleaved(config, steps: int, rounds: int) -> dict[str, float]:
   """images/s of siglip and hyperclip (median over rounds of `steps` steps each, timed in turn)."""
   runs = {v: _prepare(config, v) for v in ("siglip", "hyperclip")}
-  times: dict[str, list[float]] = {v: [] for v in runs}
-  for r in range(rounds):
-    for v in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-      times[v].append(runs[v](steps))
-  return {v: steps * config.batch_size / statistics.median(t) for v, t in times.items()}
+  seconds = figures.interleave({v: (lambda run=run: run(steps)) for v, run in runs.items()}, rounds)
+  return {v: steps * config.batch_size / t for v, t in seconds.items()}
 
 
 def full(config, args, config_path: str) -> None:
   """The --full figures: encoders x sizes, then the paper-text-tower overhead config."""
-  command = shlex.join(["python", "bench/train_step.py"] + sys.argv[1:])
   jobs = [(_full_size(config, e, s, 32), "encoders") for e in args.encoders.split(",") if e
           for s in (int(x) for x in args.sizes.split(",") if x)]
   if not args.no_overhead:
     jobs.append((_full_size(config, "efficientnet_b0", 128, 32, paper_text=True), "overhead"))
   for cfg, what in jobs:
-    common = dict(backend=jax.default_backend(), device=jax.devices()[0].device_kind, command=command,
-                  config=config_path, set=what, encoder=cfg.model.image.name, batch_size=cfg.batch_size,
+    common = dict(config=config_path, set=what, encoder=cfg.model.image.name, batch_size=cfg.batch_size,
                   image_size=cfg.data.image_size, text_width=cfg.model.text.width, text_depth=cfg.model.text.depth,
                   dtype=cfg.model.dtype, conv_impl=cfg.model.get("conv_impl"), rounds=args.rounds,
                   steps_per_round=args.steps)
     ips = _interleaved(cfg, args.steps, args.rounds)
     for v, x in ips.items():
-      _emit(name="train_images_per_sec", value=round(x, 3), unit="images/s", variant=v, **common)
+      figures.emit("train_images_per_sec", round(x, 3), "images/s", variant=v, **common)
     goal = {"goal": "<= 1.03"} if what == "overhead" else {}
-    _emit(name="hyperclip_over_siglip_step_time", value=round(ips["siglip"] / ips["hyperclip"], 4), unit="ratio",
-          **goal, **common)
+    figures.emit("hyperclip_over_siglip_step_time", round(ips["siglip"] / ips["hyperclip"], 4), "ratio", **goal,
+                 **common)
 
 
 def main(argv=None):
@@ -176,16 +166,17 @@ def main(argv=None):
     full(config, args, args.config)
     return
   common = dict(config=args.config, encoder=config.model.image.name, batch_size=config.batch_size,
-                image_size=config.data.image_size, backend=jax.default_backend(),
-                device=jax.devices()[0].device_kind, devices=jax.device_count())
+                image_size=config.data.image_size, devices=jax.device_count())
   siglip = bench_variant(config, "siglip", args.steps, with_loader=False)
   hyper = bench_variant(config, "hyperclip", args.steps, with_loader=True)
-  _emit(figure="train_images_per_sec", variant="siglip", value=round(siglip["in_memory"], 2), **common)
-  _emit(figure="train_images_per_sec", variant="hyperclip", value=round(hyper["in_memory"], 2), **common)
-  _emit(figure="hyperclip_over_siglip_throughput", value=round(hyper["in_memory"] / siglip["in_memory"], 4),
-        **common)
-  _emit(figure="train_images_per_sec_with_loader", variant="hyperclip", value=round(hyper["loader"], 2), **common)
-  _emit(figure="loader_over_in_memory_throughput", value=round(hyper["loader"] / hyper["in_memory"], 4), **common)
+  figures.emit("train_images_per_sec", round(siglip["in_memory"], 2), "images/s", variant="siglip", **common)
+  figures.emit("train_images_per_sec", round(hyper["in_memory"], 2), "images/s", variant="hyperclip", **common)
+  figures.emit("hyperclip_over_siglip_throughput", round(hyper["in_memory"] / siglip["in_memory"], 4), "ratio",
+               **common)
+  figures.emit("train_images_per_sec_with_loader", round(hyper["loader"], 2), "images/s", variant="hyperclip",
+               **common)
+  figures.emit("loader_over_in_memory_throughput", round(hyper["loader"] / hyper["in_memory"], 4), "ratio",
+               **common)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -31,16 +30,16 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peer_client  # noqa: E402 - bench/ is not a package
+import figures  # bench/ is the script's directory, so on sys.path
+import peer_client
 
-from hyperclip_jax import config as config_lib  # noqa: E402
-from hyperclip_jax import losses  # noqa: E402
-from hyperclip_jax import optim  # noqa: E402
-from hyperclip_jax import sharding  # noqa: E402
-from hyperclip_jax import train  # noqa: E402
-from hyperclip_jax.data import tokenizers  # noqa: E402
-from hyperclip_jax.models import two_towers  # noqa: E402
+from hyperclip_jax import config as config_lib
+from hyperclip_jax import losses
+from hyperclip_jax import optim
+from hyperclip_jax import sharding
+from hyperclip_jax import train
+from hyperclip_jax.data import tokenizers
+from hyperclip_jax.models import two_towers
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.py")
 # Text towers (PAPER.md: CLIP-style causal, width 768, 8 heads, MLP 2560; depth 12 is our choice) and the
@@ -52,14 +51,6 @@ TEXT_SIZES = {
                   hyper=dict(width=256, depth=2, heads=4, bottleneck=64)),
 }
 SEED = 0
-
-
-def emit(name: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
-  row = {"name": name, "value": value, "unit": unit, "backend": jax.default_backend(),
-         "device": str(jax.devices()[0].device_kind),
-         "command": shlex.join(["python", "bench/" + os.path.basename(sys.argv[0])] + sys.argv[1:]), **extra}
-  print(json.dumps(row), flush=True)
-  return row
 
 
 def make_config(encoder: str, image_size: int, batch: int, variant: str, text: str = "demo",
@@ -175,16 +166,6 @@ def jax_matmul_peak(n: int = 2048, reps: int = 10) -> float:
   return 2.0 * n ** 3 / statistics.median(times)
 
 
-def interleave(sides: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-  """Median seconds per call of each side, called in turn each round (order reversed every other round)."""
-  times: dict[str, list[float]] = {k: [] for k in sides}
-  names = list(sides)
-  for r in range(rounds):
-    for k in (names if r % 2 == 0 else names[::-1]):
-      times[k].append(sides[k]())
-  return {k: statistics.median(v) for k, v in times.items()}
-
-
 def compare(peer: peer_client.Peer, encoder: str, size: int, batch: int, args, peaks: dict[str, float],
             figure: str = "train_images_per_sec") -> list[dict[str, Any]]:
   """One encoder/size/batch: ours (each variant) and the peer, interleaved; emits the figures."""
@@ -201,7 +182,7 @@ def compare(peer: peer_client.Peer, encoder: str, size: int, batch: int, args, p
             f"{built['params'][part]} in the peer ({encoder})", file=sys.stderr)
   sides: dict[str, Callable[[], float]] = {f"ours_{v}": (lambda s=s: s.run(args.steps)) for v, s in ours.items()}
   sides["peer"] = lambda: peer.call("time_step", steps=args.steps)["seconds"]
-  med = interleave(sides, args.rounds)
+  med = figures.interleave(sides, args.rounds)
   ips = {k: args.steps * batch / s for k, s in med.items()}
   useful = {f"ours_{v}": 3.0 * s.forward_flops for v, s in ours.items()}
   useful["peer"] = 3.0 * siglip_like.forward_flops  # same architecture as our siglip step
@@ -212,24 +193,24 @@ def compare(peer: peer_client.Peer, encoder: str, size: int, batch: int, args, p
     if side == "peer":
       extra.update(peer_impl=built["impl"], peer_device=peer.info["device_name"], torch=peer.info["torch"],
                    peer_threads=peer.info["threads"], omp_wait_policy=peer.info["omp_wait_policy"])
-    rows.append(emit(figure, round(v, 3), "images/s", **extra))
+    rows.append(figures.emit(figure, round(v, 3), "images/s", **extra))
     if figure == "train_images_per_sec":
       peak = peaks["peer" if side == "peer" else "ours"]
       mfu = useful[k] * (v / batch) / peak
       known = math.isfinite(mfu)  # JSON has no NaN: an unknown count is null, and says why
-      emit("train_mfu", round(mfu, 5) if known else None, "fraction of matmul peak",
-           useful_flops_per_step=useful[k] if known else None,
-           flops_source="3 x XLA cost analysis of our forward + loss" if known
-           else "none: this backend gives no cost analysis of the lowered forward", **extra)
+      figures.emit("train_mfu", round(mfu, 5) if known else None, "fraction of matmul peak",
+                   useful_flops_per_step=useful[k] if known else None,
+                   flops_source="3 x XLA cost analysis of our forward + loss" if known
+                   else "none: this backend gives no cost analysis of the lowered forward", **extra)
   if figure == "train_images_per_sec":
     for v, s in ours.items():
-      emit("ours_over_peer_throughput", round(ips[f"ours_{v}"] / ips["peer"], 4), "ratio", variant=v,
-           goal=">= 0.7 (CPU)", **base)
-      emit("xla_step_flops", s.xla_step_flops if math.isfinite(s.xla_step_flops) else None, "FLOP", variant=v,
-           **base)
-      emit("compile_seconds", round(s.compile_s, 2), "s", variant=v, **base)
-    emit("params", siglip_like.params["total"], "count", side="ours", variant=next(iter(ours)), **base)
-    emit("params", built["params"]["total"], "count", side="peer", variant="siglip", **base)
+      figures.emit("ours_over_peer_throughput", round(ips[f"ours_{v}"] / ips["peer"], 4), "ratio", variant=v,
+                   goal=">= 0.7 (CPU)", **base)
+      figures.emit("xla_step_flops", s.xla_step_flops if math.isfinite(s.xla_step_flops) else None, "FLOP",
+                   variant=v, **base)
+      figures.emit("compile_seconds", round(s.compile_s, 2), "s", variant=v, **base)
+    figures.emit("params", siglip_like.params["total"], "count", side="ours", variant=next(iter(ours)), **base)
+    figures.emit("params", built["params"]["total"], "count", side="peer", variant="siglip", **base)
   return rows
 
 
@@ -314,15 +295,12 @@ def main(argv: list[str]) -> None:
     sys.exit(f"vs_open_clip.py: error: {e}")
   rows: list[dict[str, Any]] = []
   with peer:
-    peaks = {}
-    for r in range(3):  # interleaved too: median of three alternations
-      pair = [("ours", jax_matmul_peak), ("peer", lambda: peer.call("matmul", n=2048)["flops_per_s"])]
-      for k, fn in (pair if r % 2 == 0 else pair[::-1]):
-        peaks.setdefault(k, []).append(fn())
-    peaks = {k: statistics.median(v) for k, v in peaks.items()}
-    emit("matmul_2048_f32_peak", round(peaks["ours"] / 1e9, 2), "GFLOP/s", side="ours", jax=jax.__version__)
-    emit("matmul_2048_f32_peak", round(peaks["peer"] / 1e9, 2), "GFLOP/s", side="peer",
-         peer_device=peer.info["device_name"], torch=peer.info["torch"])
+    peaks = figures.interleave(  # interleaved too: median of three alternations
+        {"ours": jax_matmul_peak, "peer": lambda: peer.call("matmul", n=2048)["flops_per_s"]}, 3)
+    figures.emit("matmul_2048_f32_peak", round(peaks["ours"] / 1e9, 2), "GFLOP/s", side="ours",
+                 jax=jax.__version__)
+    figures.emit("matmul_2048_f32_peak", round(peaks["peer"] / 1e9, 2), "GFLOP/s", side="peer",
+                 peer_device=peer.info["device_name"], torch=peer.info["torch"])
     if not args.skip_main:
       for encoder in args.encoders:
         for size in args.sizes:

@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.mesh.update(dict(data=-1, fsdp=1))  # pure data parallel; the towers fit one chip. fsdp>1 shards params
   # Presets: TFDS imagenet2012 validation and cifar100 test (prepared under $TFDS_DATA_DIR) with the shipped class
-  # lists and templates; more evaluators (retrieval, linear probe, any TFDS split or manifest): README "Evaluators".
+  # lists and templates; more evaluators (retrieval, linear probe, any TFDS split or manifest): docs/evaluation.md.
   c.evals = ml_collections.ConfigDict(dict(
       zeroshot=ml_collections.ConfigDict(dict(tasks="imagenet,cifar100", n_eval=50_000, batch_size=1024))))
   c.eval_every_steps = max(c.total_steps // 10, 1)

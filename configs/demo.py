@@ -34,15 +34,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name=arg.encoder, width_mult=0.25, depth_mult=0.34, norm_mode="residual", drop_path_rate=0.0,
       # BatchNorm training statistics: global (over the whole batch) | group (per set_size images, the code's
       # default). The demo uses global: same model, and at this size it decides what zero-shot learns
-      # (docs/demo.md, session 6: shape 0.176 -> 0.648, colour 0.736 -> 1.000 at 900 steps).
+      # (docs/getting_started.md: shape 0.176 -> 0.648, colour 0.736 -> 1.000 at 900 steps).
       bn_stats="global"))
   c.model.text = ml_collections.ConfigDict(dict(
       width=128, depth=2, heads=4, mlp_dim=256, causal=True, pool="eot"))
   c.model.hyper = ml_collections.ConfigDict(dict(set_size=16, width=128, depth=2, heads=4, bottleneck=64))
 
   # CLIP's softmax loss, not the paper's SigLIP sigmoid loss (`--config.loss.name=sigmoid`): on this data the
-  # sigmoid loss leaves texture at 1.0-1.7x chance whatever else was tried; softmax gives 1.9-2.0x (docs/demo.md,
-  # session 13). bench/reproduce.py and the peer benchmarks pin sigmoid. chunked: the sigmoid's ring form.
+  # sigmoid loss leaves texture at 1.0-1.7x chance whatever else was tried; softmax gives 1.9-2.0x
+  # (docs/getting_started.md). bench/studies/reproduce.py and the peer benchmarks pin sigmoid. chunked: the
+  # sigmoid's ring form.
   c.loss = ml_collections.ConfigDict(dict(name="softmax", chunked=False))
   c.accum_steps = 1  # > 1: GradCache micro-batches, exact for the contrastive loss (hyperclip_jax/accumulate.py)
 
@@ -57,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="demo", image_size=64, max_len=32, tokenizer="demo_words", two_objects_prob=0.0,
       partial_caption_prob=0.2,
       # contrast pairs: half the scenes come in pairs that differ in one attribute, so a batch holds negatives
-      # only shape or texture tell apart (docs/demo.md, session 9: texture 0.324 -> 0.479, shape 0.545 -> 0.645)
+      # only shape or texture tell apart (docs/getting_started.md: texture 0.324 -> 0.479, shape 0.545 -> 0.645)
       contrast_prob=0.5, contrast_group=2,
       # what a contrast-set variant changes (a name given twice is changed twice as often)
       contrast_attributes=("shape", "shape", "texture", "texture", "colour", "size", "position"),

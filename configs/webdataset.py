@@ -8,7 +8,7 @@ The model, optimizer and schedule are the demo config's (configs/demo.py, same a
 encoder, tiny); this file swaps the data. Arguments: source (webdataset | manifest | tfds), pattern, manifest,
 tfds_name, tokenizer (a spec, e.g. "sentencepiece(model='c4_en.model')"), image_size, max_len, workers
 (grain worker processes per host). Everything else under config.data is a `--config.data.KEY=VALUE` override;
-see hyperclip_jax/data/input_pipeline.py for the keys and README "Data" for a worked example.
+see hyperclip_jax/data/input_pipeline.py for the keys and docs/data.md for worked examples.
 """
 import os
 
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   if arg.source == "manifest":
     c.data.caption_key = "caption"
-  # Evaluators (README "Evaluators"; keys in hyperclip_jax/evaluators/__init__.py): the demo zero-shot tasks
+  # Evaluators (docs/evaluation.md; keys in hyperclip_jax/evaluators/__init__.py): the demo zero-shot tasks
   # stay; add your own, e.g. on prepared TFDS splits (`tfds build cifar100`) or a labelled manifest:
   # c.evals.zeroshot_cifar100 = dict(type="zeroshot", data=dict(name="tfds", dataset="cifar100", split="test"),
   #                                  classes="cifar100", templates="cifar", pp="resize(32)|value_range(-1, 1)",

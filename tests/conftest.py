@@ -5,8 +5,8 @@ import pytest
 
 # Compile speed over run speed: the suite's ~450 tests run tiny programs, so XLA's compile time, not the run
 # time, is most of `make test`. With the LLVM backend at -O0 and its expensive passes off, the cold compile of
-# tests/scale_out/test_grad_cache.py drops from 101 s to 71 s and bench/reproduce.py --tiny from 367 s to 298 s
-# on 2 cores (session 14). The numerics are XLA's own either way; every comparison in the suite runs both sides
+# tests/scale_out/test_grad_cache.py drops from 101 s to 71 s and bench/studies/reproduce.py --tiny from 367 s to
+# 298 s on 2 cores. The numerics are XLA's own either way; every comparison in the suite runs both sides
 # under the same flags. `make demo` and the benchmarks keep XLA's defaults.
 XLA_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {XLA_COMPILE_FLAGS}")

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import figures  # noqa: E402
 import peer_client  # noqa: E402
 import vs_open_clip  # noqa: E402
 
@@ -56,7 +57,7 @@ def test_shared_batch_recipe_pads_after_each_caption():
 
 
 def test_figure_line_has_the_bench_fields(capsys):
-  row = vs_open_clip.emit("train_images_per_sec", 12.5, "images/s", side="ours")
+  row = figures.emit("train_images_per_sec", 12.5, "images/s", side="ours")
   printed = json.loads(capsys.readouterr().out)
   assert printed == row
   assert {"name", "value", "unit", "backend", "device", "command"} <= set(printed)

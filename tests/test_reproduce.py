@@ -1,4 +1,4 @@
-"""bench/reproduce.py: the tiny study's outputs come from its runs' metrics files, and a rerun is identical."""
+"""bench/studies/reproduce.py: the tiny study's outputs come from its runs' metrics files, and a rerun is identical."""
 import importlib.util
 import json
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "bench", "reproduce.py")
+SCRIPT = os.path.join(ROOT, "bench", "studies", "reproduce.py")
 VARIANTS = ("siglip", "hyperclip", "token")
 
 
@@ -48,7 +48,7 @@ def test_study_writes_markdown_json_and_plot(study):
   with open(out / "results.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   md = (out / "results.md").read_text(encoding="utf-8")
-  assert "## Verdicts" in md and "## Ablations" in md and "bench/reproduce.py --tiny" in md
+  assert "## Verdicts" in md and "## Ablations" in md and "bench/studies/reproduce.py --tiny" in md
   names = set(results["runs"])
   assert {f"{v}_s{s}" for v in VARIANTS for s in (0, 1)} <= names
   assert names == {f"{v}_s{s}" for v in VARIANTS for s in (0, 1)} | {"abl_bn_global", "abl_cond_captions"}

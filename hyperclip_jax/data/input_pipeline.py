@@ -18,7 +18,7 @@ config.data fields (an ml_collections ConfigDict; missing optional fields take t
   worker_buffer_size: int = 2     batches each worker keeps ready
   read_threads: int = 1           background threads of this process (each makes whole batches); 0 = inline
   prefetch_batches: int = 2       batches read ahead in this process
- real data (see README "Data"):
+ real data (see docs/data.md):
   name: 'webdataset' | 'manifest' | 'tfds'
   pattern: str                    webdataset shards, e.g. 'gs://b/shards/{00000000..00012556}.tar'
   manifest: str                   a .jsonl / .csv manifest (name='manifest')

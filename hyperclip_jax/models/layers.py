@@ -274,7 +274,7 @@ def _depthwise_bwd(stride: int, pad: int, res: tuple[Array, Array], g: Array) ->
 
 # Bytes of x per step of the taps' gradient's outer loop: blocks that stay in cache while the k·k taps read them
 # (b0's big layers at 224 px: 2-2.7x faster than one loop over whole tensors; the whole b0 step 4.9 -> 4.4 s,
-# `bench/step_ab.py --size 224 --tap-block-bytes 1000000000000,3145728`; docs/benchmarks.md, session 8).
+# both block sizes built in one process and timed interleaved; docs/benchmarks.md).
 TAP_GRAD_BLOCK_BYTES = 3 << 20
 
 
@@ -322,7 +322,7 @@ def _pointwise_dot(x: Array, kernel: Array) -> Array:
   leading axes (up to summation order), but XLA's CPU backend lowers the weight gradient of the 2-D form to one
   dot that contracts both operands over their major axis as they lie, where for the N-d einsum it first transposes
   the cotangent into a [D, N] copy: 1.2-2.1x faster gradients of b0's 1x1 convolutions at 224 px
-  (docs/benchmarks.md, session 10)."""
+  (docs/benchmarks.md)."""
   y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel)
   return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
 

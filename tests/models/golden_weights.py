@@ -2,7 +2,7 @@
 
 The golden files (tests/models/golden/*.npz) store only a model's state-dict layout and timm's output, never
 weights or inputs: both are regenerated here from parameter names, shapes and fixed seeds, identically in
-the torch venv that writes the goldens (bench/make_golden.py) and in the test venv that checks them
+the torch venv that writes the goldens (tests/models/make_golden.py) and in the test venv that checks them
 (tests/models/test_timm_parity.py). Import this file by path; it depends on numpy alone.
 
 The draws use numpy's legacy `RandomState`, whose streams are frozen across numpy versions (NEP 19), so the

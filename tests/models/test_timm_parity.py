@@ -1,7 +1,7 @@
 """Our image encoders compute what timm's do, layer for layer: parity against stored timm outputs.
 
-tests/models/golden/<name>_<size>.npz were written by `make golden` (bench/make_golden.py, in a torch venv):
-timm's pooled pre-logits features [2, C] for deterministic weights and images that golden_weights.py
+tests/models/golden/<name>_<size>.npz were written by `make golden` (make_golden.py beside this file, in a torch
+venv): timm's pooled pre-logits features [2, C] for deterministic weights and images that golden_weights.py
 regenerates here without torch. Each test converts the same state dict with `from_timm`, runs our encoder
 in eval mode on the same images and compares.
 

@@ -58,8 +58,8 @@ _PREFIXES = ("", "", "", "a photo of ", "an image of ", "a picture of ", "a draw
 _GENERIC_NOUNS = ("shape", "object")
 _CENTRES = {"top left": (0.27, 0.27), "top right": (0.73, 0.27), "bottom left": (0.27, 0.73),
             "bottom right": (0.73, 0.73), "center": (0.5, 0.5)}
-# Fraction of the image size. Session 3 raised them from 0.085/0.17 (object_scale 1.25 in docs/demo.md): the tiny
-# encoder then tells shapes apart within a colour (colour_shape 0.18 -> 0.69 at 900 steps).
+# Fraction of the image size, raised from 0.085/0.17 (docs/getting_started.md): the tiny encoder then tells
+# shapes apart within a colour (colour_shape 0.18 -> 0.69 at 900 steps).
 _RADIUS = {"small": 0.105, "large": 0.21}
 _TRAIN_STREAM = 0
 _DEFAULT_EVAL_SEED = 12345

@@ -1,7 +1,7 @@
 """Writes the timm reference outputs that tests/models/test_timm_parity.py checks our encoders against.
 
 Run by `make golden`, inside .venv-golden (torch + timm; the main venv has neither):
-  .venv-golden/bin/python bench/make_golden.py [--only efficientnet_b0,...] [--out tests/models/golden]
+  .venv-golden/bin/python tests/models/make_golden.py [--only efficientnet_b0,...] [--out tests/models/golden]
 
 For each (encoder, size) below: timm's `create_model(name, pretrained=False)` in eval mode, every
 state-dict entry replaced by tests/models/golden_weights.py's deterministic value, then
@@ -20,7 +20,6 @@ antialiased bicubic: both use the a = -0.5 cubic kernel). vit_tiny also runs at 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -29,11 +28,10 @@ import numpy as np
 import timm
 import torch
 
+import golden_weights  # beside this script, so on sys.path when it runs
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-_spec = importlib.util.spec_from_file_location("golden_weights", os.path.join(ROOT, "tests/models/golden_weights.py"))
-golden_weights = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(golden_weights)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 
 BATCH = 2
 CNN_SIZE = 64  # every CNN here downsamples 32x: a 2x2 final map
