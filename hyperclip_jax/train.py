@@ -259,6 +259,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
       checkpointer.save(step, state, data_iter.get_state(), signature, {"skipped_nonfinite": health.skipped})
       last_save_time, health.last_saved_step = time.monotonic(), step
     if stop and not last:
+      checkpointer.wait()  # the save is on disk everywhere before any process exits (srun kills the rest
+      distributed.barrier("preempted")  # of a step once one task exits)
       raise guards.Preempted(f"stopped at step {step} after {watch.signal_name}; checkpoint step {step} saved in "
                              f"{checkpointer.directory}; rerun the same command to continue")
     if itstime(step, config.eval_every_steps) and not last:

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 
+import numpy as np
 from orbax.checkpoint._src.path import atomicity
 
 from hyperclip_jax import train
@@ -83,7 +84,11 @@ def _pause(workdir):
 
 
 def nan_pixel(batch):
-  batch["image"][0, 0, 0, 0] = float("nan")
+  """A corrupt image as a host-side value_range would pass it on: float32 pixels, one of them NaN (uint8 batches
+  cannot hold one; the train step takes float32 images as they are)."""
+  image = input_pipeline.to_model_image(batch["image"]) if batch["image"].dtype == np.uint8 else batch["image"]
+  image[0, 0, 0, 0] = float("nan")
+  batch["image"] = image
 
 
 def main(argv):
