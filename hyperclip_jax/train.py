@@ -31,6 +31,7 @@ from hyperclip_jax import losses
 from hyperclip_jax import metrics as metrics_lib
 from hyperclip_jax import optim
 from hyperclip_jax import sharding
+from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.data import input_pipeline
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
@@ -149,7 +150,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
     evaluator = evaluators.build(config, model, tokenizer, mesh)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.create(workdir)  # a local directory, or a gs:// (etils.epath) URI
   cleanup.enter_context(guards.WorkdirLock(workdir, enabled=is_main))  # before anything in it is touched
   watch = cleanup.enter_context(guards.PreemptionWatch())
 
@@ -181,8 +182,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
           "config that wrote it") from e
     print(f"resumed from step {latest} ({checkpointer.directory})", file=sys.stderr, flush=True)
   if is_main:  # only once the workdir is known to be ours
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config_lib.to_json(config))
+    workdir_lib.write_text(workdir, "config.json", config_lib.to_json(config))
 
   repl = sharding.replicated(mesh)
   skip_mode = config.get("skip_nonfinite_steps", False)
@@ -251,8 +251,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
   writer.write(step, final)
   writer.close()
   if is_main:
-    with open(os.path.join(workdir, "final_eval.json"), "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
+    workdir_lib.write_text(workdir, "final_eval.json", json.dumps(results, indent=2, sort_keys=True))
     print(evaluators.format_table(results), flush=True)
     print(f"checkpoints: {checkpointer.directory}\nmetrics:     {os.path.join(workdir, 'metrics.jsonl')}"
           f"\nfinal eval:  {os.path.join(workdir, 'final_eval.json')}", flush=True)
