@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from typing import Any, Mapping
 
 import numpy as np
@@ -59,7 +60,10 @@ class MetricWriter:
     self._file = open(os.path.join(local, "metrics.jsonl"), "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter  # light: protobuf only, no TensorFlow
-      self._tb = SummaryWriter(os.path.join(local, "tensorboard"))
+      # on a store, a unique suffix: event files are named by the second, and a rerun within it must not
+      # replace the previous run's uploaded file
+      suffix = f".{uuid.uuid4().hex[:8]}" if self._remote is not None else ""
+      self._tb = SummaryWriter(os.path.join(local, "tensorboard"), filename_suffix=suffix)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:

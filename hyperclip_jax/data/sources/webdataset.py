@@ -2,9 +2,10 @@
 
 `expand_pattern('shards/{00000000..00012556}.tar')` lists shards (brace ranges and lists, `*` globs, several
 patterns joined by '::'), on any filesystem etils.epath reads (local; gs:// once `pip install ".[gcs]"`).
-`read_shard(path, skip)` streams one shard's samples as `{extension: bytes}` dicts, reading members in memory (never extracting: a member named `../x` or
-`/etc/x` is only a dictionary key). Problems become `BadSample` items in the stream, at the place they occur,
-so that a resumed reader meets and counts them exactly as often as an uninterrupted one:
+`read_shard(path, skip)` streams one shard's samples as `{extension: bytes}` dicts, reading members in memory
+(never extracting: a member named `../x` or `/etc/x` is only a dictionary key). Problems become `BadSample`
+items in the stream, at the place they occur, so that a resumed reader meets and counts them exactly as often
+as an uninterrupted one:
 `unreadable_shard` (cannot be opened, not a tar) and `truncated_tar` (ends mid-member; earlier samples kept).
 """
 import json
