@@ -82,7 +82,7 @@ class WorkdirLock:
     if not storage.create_exclusive(self.path, owner.encode()):
       try:
         holder = storage.read_bytes(self.path).decode(errors="replace").strip()[:200] or "unknown trainer"
-      except (OSError, FileNotFoundError):  # released between the two calls
+      except OSError:  # e.g. released between the two calls (FileNotFoundError)
         holder = "a trainer that just stopped"
       raise WorkdirBusy(f"workdir {workdir} is in use by another trainer ({holder}); stop it first or use another "
                         f"--workdir; if that trainer is dead (killed, VM lost), delete {self.path} and rerun")

@@ -1,9 +1,10 @@
 """A gs:// workdir and gs:// shards, against a GCS emulator on 127.0.0.1 (gcp-storage-emulator, in memory).
 
 The real clients talk to it: gcsfs (our files, the lock, shards) through STORAGE_EMULATOR_HOST, tensorstore (Orbax's
-arrays) through TENSORSTORE_GCS_HTTP_URL. The emulator ignores upload preconditions, so the fixture makes it
-honour `ifGenerationMatch` as GCS documents (412 when the object's generation differs; 0 = must not exist):
-the lock's create-if-absent is then tested as it runs on GCS.
+arrays) through TENSORSTORE_GCS_HTTP_URL. Where the emulator falls short of GCS, the fixture makes it behave as
+GCS documents: uploads honour `ifGenerationMatch` (412 when the object's generation differs; 0 = must not
+exist), so the lock's create-if-absent is tested as it runs on GCS; media downloads send `x-goog-generation`,
+which tensorstore's OCDBT reads (without it: "Malformed StorageGeneration").
 """
 import io
 import json
@@ -42,6 +43,22 @@ def _precondition(upload):
   return checked
 
 
+def _with_generation(download):
+  """An emulator download handler that sends x-goog-generation, as GCS does (tensorstore reads it)."""
+  from gcp_storage_emulator.exceptions import NotFound
+
+  def wrapped(request, response, storage, *args, **kwargs):
+    download(request, response, storage, *args, **kwargs)
+    if response.status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+      try:
+        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      except NotFound:
+        return
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj["metageneration"])
+  return wrapped
+
+
 @pytest.fixture(scope="module")
 def gcs():
   """A bucket on an in-process emulator; the environment points gcsfs and tensorstore at it for this module."""
@@ -59,6 +76,7 @@ def gcs():
   import fsspec
   import gcsfs.core
   from gcp_storage_emulator.handlers import objects
+  from gcp_storage_emulator import server as server_lib
   from gcp_storage_emulator.server import create_server
   fsspec.register_implementation("gs", gcsfs.core.GCSFileSystem, clobber=True)
   fsspec.register_implementation("gcs", gcsfs.core.GCSFileSystem, clobber=True)
@@ -68,6 +86,10 @@ def gcs():
   gcsfs.core.GCSFileSystem.clear_instance_cache()
   uploads = objects._media_upload, objects._multipart_upload
   objects._media_upload, objects._multipart_upload = (_precondition(u) for u in uploads)
+  download, objects.download = objects.download, _with_generation(objects.download)
+  routes = [h for _, h in server_lib.HANDLERS if h.get("GET") is download]
+  for h in routes:
+    h["GET"] = objects.download
   logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # 404s are how clients probe
   server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
   server.start()
@@ -77,6 +99,9 @@ def gcs():
   finally:
     server.stop()
     objects._media_upload, objects._multipart_upload = uploads
+    objects.download = download
+    for h in routes:
+      h["GET"] = download
     fsspec.config.conf.update(gcs_conf)
     gcsfs.core.GCSFileSystem.clear_instance_cache()
     os.environ.clear()
@@ -187,5 +212,15 @@ def test_sigterm_then_rerun_on_a_gs_workdir_is_bit_exact(gcs, reference, monkeyp
   assert rows[-1]["params_checksum"] == reference[1]
   assert {r["step"] for r in rows if "train/loss" in r} == set(range(1, 13))
   assert json.loads(storage.read_bytes(f"{workdir}/config.json"))["total_steps"] == 12
-  assert "demo:colour" in json.loads(storage.read_bytes(f"{workdir}/final_eval.json"))
+  assert json.loads(storage.read_bytes(f"{workdir}/final_eval.json"))["colour"]["num_classes"] == 8
   assert not os.path.exists(os.path.join(ROOT, "gs:"))  # no local directory named after the URI
+
+
+def test_unusable_workdir_schemes_are_one_line_errors():
+  from hyperclip_jax import config, storage, workdir
+  with pytest.raises(config.ConfigError, match=r"^workdir memory://run: Orbax checkpoints cannot be written to "
+                                               r"memory:// paths; use a local path or one of gs://"):
+    workdir.create("memory://run")
+  with pytest.raises(storage.StorageError, match=r"^nosuch://b/x: cannot open nosuch:// paths .*use a local path"):
+    storage.filesystem("nosuch://b/x")
+  assert storage.resolve("gs://b/run/") == "gs://b/run" and storage.join("gs://b/run", "a", "b") == "gs://b/run/a/b"
