@@ -197,7 +197,7 @@ def test_sigterm_then_rerun_on_a_gs_workdir_is_bit_exact(gcs, reference, monkeyp
   from hyperclip_jax import storage, train
   from hyperclip_jax.data import input_pipeline
   workdir = f"{gcs}/run"
-  argv = ["--workdir", workdir, *CONFIG]
+  argv = ["--workdir", workdir, *CONFIG, "--config.checkpoint_every_steps=1000"]  # saves: the stop and the end
   make = input_pipeline.make_train_iterator
   monkeypatch.setattr(input_pipeline, "make_train_iterator",
                       faulty_iterators(make, 6, lambda batch: os.kill(os.getpid(), signal.SIGTERM)))
