@@ -22,6 +22,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["hyperclip_jax", "hyperclip_jax.*"]),
     package_data={"hyperclip_jax": ["evaluators/data/*"]},
     install_requires=_requirements(),
+    # gs:// workdirs and shards (docs/storage.md); gcsfs needs fsspec>=2026.9.0, pinned in requirements.txt
+    extras_require={"gcs": ["gcsfs==2026.10.1"]},
     entry_points={
         "console_scripts": [
             "hyperclip-train=hyperclip_jax.train:main",

@@ -10,7 +10,8 @@ Failure behaviour (docs/reliability.md): Orbax writes each step into a temporary
 when complete, so a killed save never shows up as a step; the trainer (`owner=True`) deletes such leftovers.
 `restore_latest` checks every step it reads against its fingerprint and falls back to the newest step that
 restores cleanly, moving damaged ones to WORKDIR/checkpoints_damaged. Formats read: JSON, zarr/OCDBT arrays
-through tensorstore; nothing is unpickled.
+through tensorstore; nothing is unpickled. WORKDIR may be a gs:// (any etils.epath) URI: Orbax and tensorstore
+write there directly; on GCS a step counts as finished once its commit_success.txt exists (no rename).
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from typing import Any
@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from hyperclip_jax import storage
 
 ITEMS = ("state", "data", "meta")
 RUN_KEY = "_run"  # meta entry beside the model signature: {"fingerprint": str, "skipped_nonfinite": int, ...}
@@ -70,8 +72,9 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, owner: bool = False):
     _register_array_handler()
     _quiet_late_write_callbacks()
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
+    storage.check_workdir(workdir)
+    self.workdir = storage.resolve(workdir)  # a local path, or a URI Orbax writes through etils.epath
+    self.directory = storage.join(self.workdir, "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                            create=True, cleanup_tmp_directories=owner)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
@@ -201,14 +204,15 @@ class Checkpointer:
 
   def _set_aside(self, steps: list[int], folder: str) -> str:
     """Moves step directories out of Orbax's sight (never deletes them); returns where they went."""
-    target = os.path.join(self.workdir, folder)
+    target = storage.join(self.workdir, folder)
     if jax.process_index() == 0:
-      os.makedirs(target, exist_ok=True)
+      if not storage.is_remote(target):  # object stores have no directories to make
+        os.makedirs(target, exist_ok=True)
       for s in steps:
-        dest = os.path.join(target, str(s))
-        if os.path.exists(dest):
+        dest = storage.join(target, str(s))
+        if storage.exists(dest):
           dest += f".{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(os.path.join(self.directory, str(s)), dest)
+        storage.move(storage.join(self.directory, str(s)), dest)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"checkpoint set aside {folder}")
     self.manager.reload()

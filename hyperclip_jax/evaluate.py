@@ -76,12 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (config_lib.ConfigError, workdir_lib.RunError) as e:
     print(f"hyperclip-eval: error: {e}", file=sys.stderr)
     return 2
-  out_dir = os.path.join(args.workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f"step_{step}.json")
+  path = os.path.join(args.workdir, "eval", f"step_{step}.json")
   metrics = {k: float(v) for k, v in evaluators.Evaluators.flat_metrics(results).items()}
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump({"step": step, "metrics": metrics, "results": results}, f, indent=2, sort_keys=True)
+  workdir_lib.write_text(args.workdir, f"eval/step_{step}.json",  # local or gs:// workdir
+                         json.dumps({"step": step, "metrics": metrics, "results": results}, indent=2, sort_keys=True))
   print(evaluators.format_table(results))
   print(f"step {step}; results: {path}", flush=True)
   return 0

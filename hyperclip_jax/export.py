@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyperclip_jax import storage
+
 ARTIFACT = "classifier.jaxexport"
 MANIFEST = "manifest.json"
 CLASSES = "classes.json"
@@ -209,7 +211,7 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
       "score": "softmax" if config.loss.name == "softmax" else "sigmoid",
       "num_classes": len(class_names), "num_templates": len(templates), "templates": list(templates),
       "condition": condition if condition == "classes" else {condition: condition_sets},
-      "source": {"workdir": os.path.abspath(run.workdir), "step": int(run.step), "config_hash": run.config_hash},
+      "source": {"workdir": storage.resolve(run.workdir), "step": int(run.step), "config_hash": run.config_hash},
       "platforms": list(platforms), "jax_version": jax.__version__, "artifact": ARTIFACT,
   }
   with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:

@@ -1,7 +1,9 @@
 """What keeps a run safe from its surroundings: one trainer per workdir, SIGTERM / preemption, non-finite steps.
 
   WorkdirLock      an fcntl.flock on WORKDIR/.lock: the kernel drops it when its process dies (even kill -9),
-                   so it is never stale; a second trainer on the same workdir stops at once
+                   so it is never stale; a second trainer on the same workdir stops at once. On an object
+                   store (gs://...) the lock is an object created with a precondition (it must not exist), holding
+                   its owner's id; released on exit, left behind by a killed trainer (docs/storage.md)
   PreemptionWatch  SIGTERM (one process) or JAX's preemption sync point (multi-host) asks the loop to save a
                    checkpoint at the next step boundary and exit with EXIT_PREEMPTED
   nonfinite_report the one-line diagnostic of a step whose loss, gradients or update went NaN/Inf
@@ -14,12 +16,16 @@ import signal
 import socket
 import sys
 import threading
+import time
+import uuid
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+
+from hyperclip_jax import storage
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: not finished, rerun the same command to continue
 
@@ -41,12 +47,22 @@ class Preempted(Exception):
 
 
 class WorkdirLock:
-  """Exclusive lock on WORKDIR/.lock for the life of one trainer (process 0 only on multi-host runs)."""
+  """Exclusive lock on WORKDIR/.lock for the life of one trainer (process 0 only on multi-host runs).
+
+  Local: fcntl.flock, dropped by the kernel when the process dies. Object store: WORKDIR/.lock is created only if
+  absent (GCS ifGenerationMatch=0, so two trainers racing cannot both win) and deleted on release if it still
+  holds this trainer's id. A trainer killed without cleanup (kill -9, a lost VM) leaves it: delete it by hand
+  once that trainer is surely gone.
+  """
 
   def __init__(self, workdir: str, enabled: bool = True):
-    self.path = os.path.join(workdir, ".lock")
+    self.path = storage.join(workdir, ".lock")
     self._fd = None
+    self._owner = None  # the id written into the lock object (object stores)
     if not enabled:
+      return
+    if storage.is_remote(workdir):
+      self._acquire_object(workdir)
       return
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -60,7 +76,26 @@ class WorkdirLock:
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
     self._fd = fd
 
+  def _acquire_object(self, workdir: str) -> None:
+    owner = (f"pid {os.getpid()} on {socket.gethostname()} since "
+             f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, lock id {uuid.uuid4().hex[:12]}")
+    if not storage.create_exclusive(self.path, owner.encode()):
+      try:
+        holder = storage.read_bytes(self.path).decode(errors="replace").strip()[:200] or "unknown trainer"
+      except OSError:  # e.g. released between the two calls (FileNotFoundError)
+        holder = "a trainer that just stopped"
+      raise WorkdirBusy(f"workdir {workdir} is in use by another trainer ({holder}); stop it first or use another "
+                        f"--workdir; if that trainer is dead (killed, VM lost), delete {self.path} and rerun")
+    self._owner = owner
+
   def release(self) -> None:
+    if self._owner is not None:
+      owner, self._owner = self._owner, None
+      try:  # someone may have deleted a lock they judged stale and taken it: leave theirs alone
+        if storage.read_bytes(self.path).decode(errors="replace") == owner:
+          storage.remove(self.path)
+      except FileNotFoundError:
+        pass
     if self._fd is not None:
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)

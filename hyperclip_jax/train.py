@@ -32,6 +32,7 @@ from hyperclip_jax import metrics as metrics_lib
 from hyperclip_jax import optim
 from hyperclip_jax import perf
 from hyperclip_jax import sharding
+from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.data import input_pipeline
 from hyperclip_jax.data import pixels
 from hyperclip_jax.data import tokenizers
@@ -157,7 +158,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
     raise config_lib.ConfigError(str(e)) from e
   topology = distributed.topology(mesh, dist_settings)
   print(distributed.banner(topology), file=sys.stderr, flush=True)
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.create(workdir)  # a local directory, or a gs:// (etils.epath) URI
   cleanup.enter_context(guards.WorkdirLock(workdir, enabled=is_main))  # before anything in it is touched
   watch = cleanup.enter_context(guards.PreemptionWatch())
 
@@ -190,10 +191,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
     print(f"resumed from step {latest} ({checkpointer.directory})", file=sys.stderr, flush=True)
   step = int(jax.device_get(state["step"]))
   if is_main:  # only once the workdir is known to be ours
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config_lib.to_json(config))
-    with open(os.path.join(workdir, "run_info.json"), "w", encoding="utf-8") as f:
-      json.dump({"start_step": step, "topology": topology}, f, indent=2, sort_keys=True)
+    workdir_lib.write_text(workdir, "config.json", config_lib.to_json(config))
+    workdir_lib.write_text(workdir, "run_info.json",
+                           json.dumps({"start_step": step, "topology": topology}, indent=2, sort_keys=True))
 
   repl = sharding.replicated(mesh)
   step_fn = make_train_step(model, tx, config.loss.name, schedule, mesh=mesh, chunked_loss=config.loss.chunked,
@@ -272,8 +272,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
   final = {"params_checksum": ckpt_lib.tree_checksum(state["params"]), **evaluator.flat_metrics(results)}
   writer.write(step, final)
   if is_main:
-    with open(os.path.join(workdir, "final_eval.json"), "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
+    workdir_lib.write_text(workdir, "final_eval.json", json.dumps(results, indent=2, sort_keys=True))
     print(evaluators.format_table(results), flush=True)
     print(f"checkpoints: {checkpointer.directory}\nmetrics:     {os.path.join(workdir, 'metrics.jsonl')}"
           f"\nfinal eval:  {os.path.join(workdir, 'final_eval.json')}", flush=True)

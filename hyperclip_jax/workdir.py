@@ -1,7 +1,9 @@
-"""A training run's workdir read back: its resolved config and the params of one checkpoint step.
+"""A training run's workdir: created and written by the trainer, read back by the tools that come after it.
 
-Used by the tools that come after training (hyperclip-eval, hyperclip-export); the trainer itself resumes
-through checkpoint.Checkpointer.
+`create`, `write_text` are what the trainer puts there besides checkpoints and metrics (config.json,
+final_eval.json); `read_config`, `load_run` give hyperclip-eval and hyperclip-export the resolved config and the
+params of one checkpoint step (the trainer itself resumes through checkpoint.Checkpointer). A workdir is a local
+directory or an object-store URI such as gs://bucket/run (hyperclip_jax.storage).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import ml_collections
 
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import storage
 
 
 class RunError(ValueError):
@@ -36,12 +39,39 @@ class Run:
     return hashlib.sha256(config_lib.to_json(self.config).encode()).hexdigest()[:16]
 
 
+def create(workdir: str) -> None:
+  """Makes a local workdir; checks that an object-store one can be written (object stores have no folders).
+
+  A workdir that cannot be used is a ConfigError (a bad --workdir), said in one line by the entry points."""
+  if storage.is_remote(workdir):
+    try:
+      storage.check_workdir(workdir)
+    except storage.StorageError as e:
+      raise config_lib.ConfigError(str(e)) from e
+  else:
+    os.makedirs(workdir, exist_ok=True)
+
+
+def write_text(workdir: str, name: str, text: str) -> None:
+  """Writes WORKDIR/name whole (one object upload on a store); `name` may hold '/' (its folder is made)."""
+  path = storage.join(workdir, *name.split("/"))
+  if storage.is_remote(path):
+    storage.write_bytes(path, text.encode("utf-8"))
+  else:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(text)
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = storage.join(workdir, "config.json")
+  try:
+    found = storage.isfile(path)
+  except storage.StorageError as e:
+    raise RunError(str(e)) from e
+  if not found:
     raise RunError(f"workdir {workdir!r} has no config.json; pass the --workdir of a hyperclip-train run")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(storage.read_bytes(path).decode("utf-8")))
 
 
 def load_run(workdir: str, step: int | None = None, config: ml_collections.ConfigDict | None = None) -> Run:
@@ -52,8 +82,8 @@ def load_run(workdir: str, step: int | None = None, config: ml_collections.Confi
   from hyperclip_jax import optim, sharding, train  # late: the trainer's state layout is the checkpoint's
   from hyperclip_jax.models import two_towers
   config = config if config is not None else read_config(workdir)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  ckpt_dir = storage.join(workdir, "checkpoints")
+  if not storage.isdir(ckpt_dir):
     raise RunError(f"workdir {workdir!r} has no checkpoint; train one first: hyperclip-train --workdir {workdir}")
   checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
   try:

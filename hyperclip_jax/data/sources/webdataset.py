@@ -1,10 +1,11 @@
 """webdataset `.tar` shards (the DataComp / LAION format): files `KEY.jpg` + `KEY.txt` (or `KEY.json`) per sample.
 
 `expand_pattern('shards/{00000000..00012556}.tar')` lists shards (brace ranges and lists, `*` globs, several
-patterns joined by '::'), on any filesystem etils.epath reads. `read_shard(path, skip)` streams one shard's
-samples as `{extension: bytes}` dicts, reading members in memory (never extracting: a member named `../x` or
-`/etc/x` is only a dictionary key). Problems become `BadSample` items in the stream, at the place they occur,
-so that a resumed reader meets and counts them exactly as often as an uninterrupted one:
+patterns joined by '::'), on any filesystem etils.epath reads (local; gs:// once `pip install ".[gcs]"`).
+`read_shard(path, skip)` streams one shard's samples as `{extension: bytes}` dicts, reading members in memory
+(never extracting: a member named `../x` or `/etc/x` is only a dictionary key). Problems become `BadSample`
+items in the stream, at the place they occur, so that a resumed reader meets and counts them exactly as often
+as an uninterrupted one:
 `unreadable_shard` (cannot be opened, not a tar) and `truncated_tar` (ends mid-member; earlier samples kept).
 """
 import json
@@ -37,8 +38,11 @@ def expand_pattern(pattern: str) -> list[str]:
   """Shard paths of a pattern, in order; globs are listed through etils.epath (missing files stay listed and
   are reported as unreadable when read)."""
   from etils import epath
+  from hyperclip_jax import storage
   paths = []
   for part in filter(None, pattern.split("::")):
+    if storage.is_remote(part.strip()):  # gs:// without gcsfs: a one-line install hint, not "no shard found"
+      storage.filesystem(part.strip())
     for path in _expand_braces(part.strip()):
       if any(c in path for c in "*?["):
         paths += sorted(str(p) for p in epath.Path(path).parent.glob(epath.Path(path).name))
