@@ -61,8 +61,8 @@ def per_worker_rate(pattern: str, pp: str, size: int, max_len: int) -> float:
   """Images/s of one stream in this process: tar read, decode, augment, tokenize."""
   shards = webdataset.expand_pattern(pattern)
   process = streaming.Preprocess(pp, get_tokenizer("bytes"), max_len, size)
-  streams = streaming.ShardStreams(pattern, shards, 1, 0, True, 64, "txt", process, 1)
-  examples = streams.examples(0, streaming.START)
+  streams = streaming.ShardStreams(pattern, shards, 1, 0, True, 64, 1, "txt", process, 1)
+  examples = streams.examples(0, streams.start(0))
   for _ in range(8):  # warm-up
     next(examples)
   start, count = time.perf_counter(), 0

@@ -25,6 +25,8 @@ config.data fields (an ml_collections ConfigDict; missing optional fields take t
   caption_key: str                webdataset: 'txt' or 'json:FIELD'; manifest: the caption column
   pp: str = ''                    train preprocessing (data/pp.py); '' = DEFAULT_PP at image_size / max_len
   shuffle_block: int = 256        webdataset: items permuted together within a reader stream (held in memory)
+  mix_shards: int = 1             webdataset: shards each reader stream reads at once, interleaved; a host batch
+                                  of >= 2 x mix_shards - 1 rows draws from all of them (data/streaming.py)
   streams_per_host: int = 0       webdataset reader streams per host; 0 = max(worker_count, 1). The batch
                                   order depends on it (and the host count), not on worker_count
   tfds_name, tfds_split, tfds_data_dir, tfds_image_key, tfds_text_key, tfds_label_key: see sources/tfds.py
@@ -231,14 +233,17 @@ def _make_stream_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_s
     raise ValueError(f"config.data.streams_per_host={per_host} must be a multiple of config.data.worker_count="
                      f"{workers} (each worker decodes whole streams)")
   total = per_host * process_count
-  if len(shards) < total:
+  mix = config_data.get("mix_shards", 1)
+  if mix < 1:
+    raise ValueError(f"config.data.mix_shards={mix} must be >= 1 (shards each reader stream interleaves)")
+  if len(shards) < total * mix:
     raise ValueError(f"config.data.pattern={pattern!r} matches {len(shards)} shard(s), fewer than the {total} "
-                     f"reader streams ({process_count} host(s) x streams_per_host={per_host}); write more shards "
-                     "or lower config.data.streams_per_host")
+                     f"reader streams ({process_count} host(s) x streams_per_host={per_host}) x mix_shards={mix} "
+                     "need; write more shards or lower config.data.mix_shards / streams_per_host")
   max_len = config_data.get("max_len", 32)
   preprocess = streaming.Preprocess(train_pp(config_data), tokenizer, max_len, config_data.get("image_size", 64))
   shard_streams = streaming.ShardStreams(
-      pattern, shards, total, seed, config_data.get("shuffle", True), config_data.get("shuffle_block", 256),
+      pattern, shards, total, seed, config_data.get("shuffle", True), config_data.get("shuffle_block", 256), mix,
       config_data.get("caption_key", "txt") or "txt", preprocess, global_batch_size // process_count)
 
   def make_ds(ds: grain.IterDataset) -> grain.IterDataset:
