@@ -14,7 +14,8 @@ config.data fields (an ml_collections ConfigDict; missing optional fields take t
   two_objects_prob: float = 0.3   demo: share of two-object scenes
   partial_caption_prob: float = 0.2  demo: share of captions naming only some attributes
   shuffle: bool = True            finite sources: reshuffle every epoch (the demo stream is already random)
-  worker_count: int = 0           grain worker processes (mp_prefetch); 0 renders in this process
+  worker_count: int | str = 0     grain worker processes (mp_prefetch); 0 renders in this process; 'auto' =
+                                  the cores this process may use less 2 for the main loop (data/workers.py)
   worker_buffer_size: int = 2     batches each worker keeps ready
   read_threads: int = 1           background threads of this process (each makes whole batches); 0 = inline
   prefetch_batches: int = 2       batches read ahead in this process
@@ -42,6 +43,7 @@ import numpy as np
 from hyperclip_jax.data import bad_data
 from hyperclip_jax.data import sources
 from hyperclip_jax.data import streaming
+from hyperclip_jax.data import workers
 from hyperclip_jax.data.sources.demo import ZeroShotTask
 from hyperclip_jax.data.tokenizers import Tokenizer
 
@@ -186,9 +188,7 @@ def make_train_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_siz
     raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of the process "
                      f"count {process_count}")
   max_len = config_data.get("max_len", 32)
-  worker_count = config_data.get("worker_count", 0)
-  if worker_count < 0:
-    raise ValueError(f"config.data.worker_count={worker_count} must be >= 0 (0 renders in-process)")
+  worker_count = workers.resolve_worker_count(config_data.get("worker_count", 0))
   local_batch = global_batch_size // process_count
   read_options = grain.ReadOptions(num_threads=config_data.get("read_threads", 1),
                                    prefetch_buffer_size=config_data.get("prefetch_batches", 2))
@@ -227,11 +227,12 @@ def _make_stream_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_s
   if not webdataset.any_exists(shards[:8]):  # a cheap look at the head: listing 10^4 remote shards is not
     raise ValueError(f"config.data.pattern={pattern!r} matches 0 shard files (looked at {shards[:2]}...); "
                      "check the path and the {first..last} range")
-  workers = mp_options.num_workers if mp_options else 0
-  per_host = config_data.get("streams_per_host", 0) or max(workers, 1)
-  if workers and per_host % workers:
-    raise ValueError(f"config.data.streams_per_host={per_host} must be a multiple of config.data.worker_count="
-                     f"{workers} (each worker decodes whole streams)")
+  n_workers = mp_options.num_workers if mp_options else 0
+  per_host = config_data.get("streams_per_host", 0) or max(n_workers, 1)
+  if n_workers and per_host % n_workers:
+    raise ValueError(f"config.data.streams_per_host={per_host} must be a multiple of the worker count "
+                     f"{n_workers} (config.data.worker_count={config_data.get('worker_count')!r}; each worker "
+                     "decodes whole streams)")
   total = per_host * process_count
   mix = config_data.get("mix_shards", 1)
   if mix < 1:
