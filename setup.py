@@ -20,7 +20,7 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["hyperclip_jax", "hyperclip_jax.*"]),
-    package_data={"hyperclip_jax": ["evaluators/data/*"]},
+    package_data={"hyperclip_jax": ["evaluators/data/*", "data/vocab/*"]},
     install_requires=_requirements(),
     entry_points={
         "console_scripts": [

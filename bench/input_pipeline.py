@@ -2,10 +2,12 @@
 
   .venv/bin/python bench/input_pipeline.py [--workers 1,2] [--images 512] [--source-px 512]
 
-Prints one JSON line per figure: decoded + augmented images/s at 224 px in one worker (read tar, decode JPEG,
-augment, tokenize; one core), then images/s of the whole grain pipeline (make_train_iterator) with N worker
-processes, and the workers per chip that keep a chip fed at --chip-rate images/s (default: the hyperclip
-EfficientNet-B0 224 px bf16 train step measured on an H200, docs/benchmarks.md).
+Prints one JSON line per figure: decoded + augmented images per CPU-second at 224 px in one worker (read tar,
+decode JPEG, augment, tokenize; one core) with the default reduced-scale JPEG decode, with full decode
+(decode(draft=False)) and with decode(draft_upscale=1.5); then images/s of the whole grain pipeline
+(make_train_iterator) with N worker processes; the workers per chip that keep a chip fed at --chip-rate
+images/s (default: the hyperclip EfficientNet-B0 224 px bf16 train step measured on an H200,
+docs/benchmarks.md); and the mixing figure: distinct shards per host batch with mix_shards 1 and --mix.
 """
 import argparse
 import io
@@ -57,19 +59,36 @@ def write_shards(root: str, n_images: int, source_px: int, per_shard: int) -> tu
   return os.path.join(root, f"{{00000..{n_shards - 1:05d}}}.tar"), total_bytes
 
 
-def per_worker_rate(pattern: str, pp: str, size: int, max_len: int) -> float:
-  """Images/s of one stream in this process: tar read, decode, augment, tokenize."""
+def per_worker_rate(pattern: str, pp: str, size: int, max_len: int, seconds: float = 3.0) -> float:
+  """Images per CPU-second of one stream in this process (tar read, decode, augment, tokenize): CPU time, so
+  that other processes on a shared machine do not lower it."""
   shards = webdataset.expand_pattern(pattern)
   process = streaming.Preprocess(pp, get_tokenizer("bytes"), max_len, size)
   streams = streaming.ShardStreams(pattern, shards, 1, 0, True, 64, 1, "txt", process, 1)
   examples = streams.examples(0, streams.start(0))
   for _ in range(8):  # warm-up
     next(examples)
-  start, count = time.perf_counter(), 0
-  while count < 64 or time.perf_counter() - start < 3.0:
+  start, count = time.process_time(), 0
+  while count < 64 or time.process_time() - start < seconds:
     item, _ = next(examples)
     count += not isinstance(item, Exception)
-  return count / (time.perf_counter() - start)
+  return count / (time.process_time() - start)
+
+
+def mixing(pattern: str, per_shard: int, mix: int, batch: int, steps: int) -> tuple[float, int]:
+  """(mean, min) distinct shards per host batch over `steps` batches of one host with mix_shards=mix."""
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(
+      name="webdataset", pattern=pattern, pp="decode|resize(8)|value_range(-1, 1)|tokenize|keep('image', 'text')",
+      image_size=8, max_len=32, worker_count=0, read_threads=0, streams_per_host=1, shuffle_block=256,
+      mix_shards=mix))
+  tok = get_tokenizer("bytes")
+  it = input_pipeline.make_train_iterator(config, tok, batch, seed=0)
+  try:
+    counts = [len({int(t.split()[-1]) // per_shard for t in tok.decode(next(it)["text"])}) for _ in range(steps)]
+  finally:
+    it.close()
+  return float(np.mean(counts)), int(min(counts))
 
 
 def loader_rate(pattern: str, pp: str, size: int, max_len: int, workers: int, batch: int, seconds: float) -> float:
@@ -100,6 +119,8 @@ def main() -> None:
   parser.add_argument("--workers", default="1,2", help="comma-separated worker counts for the loader figures")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--seconds", type=float, default=8.0, help="timing window per loader figure")
+  parser.add_argument("--worker-seconds", type=float, default=3.0, help="CPU-time window per per-worker figure")
+  parser.add_argument("--mix", type=int, default=16, help="mix_shards for the mixing figure")
   parser.add_argument("--chip-rate", type=float, default=7590.0,
                       help="images/s one accelerator chip trains (default: hyperclip B0 224 px bf16, H200)")
   args = parser.parse_args()
@@ -107,14 +128,27 @@ def main() -> None:
     pattern, nbytes = write_shards(root, args.images, args.source_px, args.per_shard)
     common = {"pp": args.pp, "image_px": args.size, "source_px": args.source_px,
               "mean_jpeg_kb": round(nbytes / args.images / 1024, 1), "cpus": os.cpu_count()}
-    one = per_worker_rate(pattern, args.pp, args.size, 64)
+    one = per_worker_rate(pattern, args.pp, args.size, 64, args.worker_seconds)
     print(json.dumps({"figure": "images_per_sec_per_worker", "value": round(one, 1), **common}), flush=True)
+    if args.pp.startswith("decode|"):  # the same chain without / with a looser reduced-scale JPEG decode
+      for name, decode in (("full_decode", "decode(draft=False)"), ("draft_upscale_1.5", "decode(draft_upscale=1.5)")):
+        pp = decode + args.pp[len("decode"):]
+        rate = per_worker_rate(pattern, pp, args.size, 64, args.worker_seconds)
+        print(json.dumps({"figure": f"images_per_sec_per_worker_{name}", "value": round(rate, 1),
+                          "default_vs_this": round(one / rate, 2), **dict(common, pp=pp)}), flush=True)
     for workers in (int(w) for w in args.workers.split(",") if w):
       rate = loader_rate(pattern, args.pp, args.size, 64, workers, args.batch, args.seconds)
       print(json.dumps({"figure": "loader_images_per_sec", "workers": workers, "value": round(rate, 1),
                         **common}), flush=True)
     print(json.dumps({"figure": "workers_per_chip", "value": math.ceil(args.chip_rate / one),
                       "chip_images_per_sec": args.chip_rate, "per_worker": round(one, 1)}), flush=True)
+  with tempfile.TemporaryDirectory() as root:  # many small shards of tiny images: mixing only
+    per_shard = 64
+    pattern, _ = write_shards(root, 64 * per_shard, 16, per_shard)
+    for mix in (1, args.mix):
+      mean, least = mixing(pattern, per_shard, mix, args.batch, 32)
+      print(json.dumps({"figure": "distinct_shards_per_host_batch", "value": round(mean, 2), "min": least,
+                        "mix_shards": mix, "host_batch": args.batch, "shards": 64}), flush=True)
 
 
 if __name__ == "__main__":
