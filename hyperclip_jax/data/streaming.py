@@ -97,9 +97,9 @@ class ShardStreams:
     return (epoch, entry, *(work[entry][1:] if entry < len(work) else (0, 0, *[0] * self.mix)))
 
   def _block(self, shards: list[str], offsets: list[int], readers: dict) -> tuple[list, list[int], int]:
-    """Items [(item, slot, round)] of the block starting at `offsets`, offsets after it, shards finished."""
+    """Items [(item, slot)] of the block starting at `offsets`, the offsets after it, shards finished in it."""
     offsets, items, finished = list(offsets), [], 0
-    for r in range(self.rounds):
+    for _ in range(self.rounds):
       progressed = False
       for slot, path in enumerate(shards):
         if offsets[slot] < 0:
@@ -113,7 +113,7 @@ class ShardStreams:
           continue
         offsets[slot] += 1
         readers[slot] = (offsets[slot], readers[slot][1])
-        items.append((item, slot, r))
+        items.append((item, slot))
         progressed = True
       if not progressed:
         break
@@ -126,7 +126,7 @@ class ShardStreams:
       return list(range(len(items)))
     rng = np.random.default_rng([self.seed, 7, epoch, group, block])
     by_slot: dict[int, list[int]] = {}
-    for i, (_, slot, _) in enumerate(items):
+    for i, (_, slot) in enumerate(items):
       by_slot.setdefault(slot, []).append(i)
     for slot in sorted(by_slot):
       by_slot[slot] = [by_slot[slot][k] for k in rng.permutation(len(by_slot[slot]))]
