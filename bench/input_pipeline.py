@@ -7,7 +7,8 @@ decode JPEG, augment, tokenize; one core) with the default reduced-scale JPEG de
 (decode(draft=False)) and with decode(draft_upscale=1.5); then images/s of the whole grain pipeline
 (make_train_iterator) with N worker processes; the workers per chip that keep a chip fed at --chip-rate
 images/s (default: the hyperclip EfficientNet-B0 224 px bf16 train step measured on an H200,
-docs/benchmarks.md); and the mixing figure: distinct shards per host batch with mix_shards 1 and --mix.
+docs/benchmarks.md); eval decoding images/s in this process and with N grain workers; and the mixing
+figure: distinct shards per host batch with mix_shards 1 and --mix.
 """
 import argparse
 import io
@@ -109,6 +110,27 @@ def loader_rate(pattern: str, pp: str, size: int, max_len: int, workers: int, ba
     it.close()
 
 
+def eval_rate(root: str, n_images: int, source_px: int, size: int, workers: int, batch: int) -> float:
+  """Images/s of eval decoding (resize_small + central_crop) over a manifest of JPEG files, `workers` grain
+  processes (0: in this process), after the first batch (worker start-up)."""
+  from hyperclip_jax.data import eval_input
+  from hyperclip_jax.evaluators.eval_data import LabelledManifest
+  manifest = os.path.join(root, "eval.jsonl")
+  if not os.path.exists(manifest):
+    rng = np.random.default_rng(1)
+    with open(manifest, "w") as f:
+      for i in range(n_images):
+        with open(os.path.join(root, f"{i}.jpg"), "wb") as img:
+          img.write(_photo(rng, source_px, int(source_px * rng.uniform(0.6, 1.0))))
+        f.write(json.dumps({"image": f"{i}.jpg", "label": str(i % 10)}) + "\n")
+  source = LabelledManifest(manifest, [str(c) for c in range(10)])
+  batches = eval_input.sharded_eval_batches(source, size, batch, worker_count=workers)
+  n = len(next(batches)[1])
+  start = time.perf_counter()
+  n = sum(len(labels) for _, labels in batches)
+  return n / (time.perf_counter() - start)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--images", type=int, default=512, help="JPEGs to write")
@@ -121,6 +143,7 @@ def main() -> None:
   parser.add_argument("--seconds", type=float, default=8.0, help="timing window per loader figure")
   parser.add_argument("--worker-seconds", type=float, default=3.0, help="CPU-time window per per-worker figure")
   parser.add_argument("--mix", type=int, default=16, help="mix_shards for the mixing figure")
+  parser.add_argument("--eval-images", type=int, default=512, help="JPEG files for the eval figures")
   parser.add_argument("--chip-rate", type=float, default=7590.0,
                       help="images/s one accelerator chip trains (default: hyperclip B0 224 px bf16, H200)")
   args = parser.parse_args()
@@ -142,6 +165,12 @@ def main() -> None:
                         **common}), flush=True)
     print(json.dumps({"figure": "workers_per_chip", "value": math.ceil(args.chip_rate / one),
                       "chip_images_per_sec": args.chip_rate, "per_worker": round(one, 1)}), flush=True)
+  with tempfile.TemporaryDirectory() as root:
+    for workers in [0] + [int(w) for w in args.workers.split(",") if w]:
+      rate = eval_rate(root, args.eval_images, args.source_px, args.size, workers, args.batch)
+      print(json.dumps({"figure": "eval_images_per_sec", "workers": workers, "value": round(rate, 1),
+                        "pp": f"resize_small({args.size})|central_crop({args.size})", "source_px": args.source_px,
+                        "cpus": os.cpu_count()}), flush=True)
   with tempfile.TemporaryDirectory() as root:  # many small shards of tiny images: mixing only
     per_shard = 64
     pattern, _ = write_shards(root, 64 * per_shard, 16, per_shard)
