@@ -58,8 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name="webdataset", pattern=arg.shards, caption_key="txt", image_size=ENCODERS.get(arg.encoder, 224),
-      max_len=77, tokenizer=f"clip_bpe(vocab={arg.vocab!r})" if arg.vocab else "clip_bpe()", pp="", shuffle=True, shuffle_block=256,
-      mix_shards=16, streams_per_host=0, worker_count="auto", read_threads=2, prefetch_batches=2))
+      max_len=77, tokenizer=f"clip_bpe(vocab={arg.vocab!r})" if arg.vocab else "clip_bpe()", pp="",
+      shuffle=True, shuffle_block=256,
+      mix_shards=16,  # every host batch draws from 16 shards; needs hosts x workers x 16 <= shards
+      streams_per_host=0, worker_count="auto", read_threads=2, prefetch_batches=2))  # auto: docs/data.md
 
   c.mesh.update(dict(data=-1, fsdp=1))  # pure data parallel; the towers fit one chip. fsdp>1 shards params
   # Presets: TFDS imagenet2012 validation and cifar100 test (prepared under $TFDS_DATA_DIR) with the shipped class
