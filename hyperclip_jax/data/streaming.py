@@ -324,6 +324,10 @@ class StreamIterator(grain.DatasetIterator):
       raise ValueError("data iterator state is not from a streaming (webdataset) source; resume with the "
                        "config.data it was saved with")
     mix = self._streams.mix
+    if "mix_shards" not in state:
+      raise ValueError("data iterator state is from a webdataset reader without shard mixing (5 numbers per "
+                       "stream); this version cannot continue it: resume those runs with the version that saved "
+                       "them")
     if (state.get("mix_shards"), state.get("rounds")) != (mix, self._streams.rounds):
       raise ValueError(f"data iterator state is for config.data.mix_shards={state.get('mix_shards')} with "
                        f"{state.get('rounds')} rounds per block, not {mix} with {self._streams.rounds}; resume "
