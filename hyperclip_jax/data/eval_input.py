@@ -11,8 +11,7 @@ import grain
 import numpy as np
 
 from hyperclip_jax.data import bad_data, pp as pp_lib
-
-EVAL_PP = "decode|resize_small({size})|central_crop({size})|value_range(-1, 1)"
+from hyperclip_jax.data.input_pipeline import EVAL_PP
 
 
 class _DecodeItems:
