@@ -20,7 +20,7 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["hyperclip_jax", "hyperclip_jax.*"]),
-    package_data={"hyperclip_jax": ["evaluators/data/*"]},
+    package_data={"hyperclip_jax": ["evaluators/data/*", "data/vocab/*"]},
     install_requires=_requirements(),
     # gs:// workdirs and shards (docs/storage.md); gcsfs needs fsspec>=2026.9.0, pinned in requirements.txt
     extras_require={"gcs": ["gcsfs==2026.10.1"]},

@@ -10,7 +10,7 @@ Arguments (after the colon, comma separated):
   scale     small | medium | large: DataComp's samples seen (12.8M / 128M / 1.28B) and batch sizes (4096 /
             4096 / 8192); every sample of the pool is seen once
   shards    webdataset shard pattern (also --config.data.pattern=...)
-  vocab     CLIP BPE merges file for the text tower's tokenizer
+  vocab     CLIP BPE merges file for the text tower's tokenizer ('' = the one shipped with the package)
 
 Settings from PAPER.md where the paper states them (SigLIP loss, text tower 768 wide / 8 heads / MLP 2560,
 encoder resolutions), DataComp/OpenCLIP's recipe where it does not (AdamW lr 5e-4, wd 0.2, cosine, 500
@@ -31,7 +31,7 @@ SCALES = {"small": (12_800_000, 4096), "medium": (128_000_000, 4096), "large": (
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, encoder="efficientnet_b0", variant="hyperclip", scale="medium", shards="",
-                  vocab="bpe_simple_vocab_16e6.txt.gz")
+                  vocab="")
   if arg.scale not in SCALES:
     raise ValueError(f"configs/datacomp.py: scale={arg.scale!r} is unknown; known: {', '.join(SCALES)}")
   c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))  # every key, defaults
@@ -58,8 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name="webdataset", pattern=arg.shards, caption_key="txt", image_size=ENCODERS.get(arg.encoder, 224),
-      max_len=77, tokenizer=f"clip_bpe(vocab={arg.vocab!r})", pp="", shuffle=True, shuffle_block=256,
-      streams_per_host=0, worker_count=8, read_threads=2, prefetch_batches=2))
+      max_len=77, tokenizer=f"clip_bpe(vocab={arg.vocab!r})" if arg.vocab else "clip_bpe()", pp="",
+      shuffle=True, shuffle_block=256,
+      mix_shards=16,  # every host batch draws from 16 shards; needs hosts x workers x 16 <= shards
+      streams_per_host=0, worker_count="auto", read_threads=2, prefetch_batches=2))  # auto: docs/data.md
 
   c.mesh.update(dict(data=-1, fsdp=1))  # pure data parallel; the towers fit one chip. fsdp>1 shards params
   # Presets: TFDS imagenet2012 validation and cifar100 test (prepared under $TFDS_DATA_DIR) with the shipped class

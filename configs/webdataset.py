@@ -7,8 +7,8 @@
 The model, optimizer and schedule are the demo config's (configs/demo.py, same arguments variant, steps,
 encoder, tiny); this file swaps the data. Arguments: source (webdataset | manifest | tfds), pattern, manifest,
 tfds_name, tokenizer (a spec, e.g. "sentencepiece(model='c4_en.model')"), image_size, max_len, workers
-(grain worker processes per host). Everything else under config.data is a `--config.data.KEY=VALUE` override;
-see hyperclip_jax/data/input_pipeline.py for the keys and docs/data.md for worked examples.
+(grain worker processes per host, or auto). Everything else under config.data is a `--config.data.KEY=VALUE`
+override; see hyperclip_jax/data/input_pipeline.py for the keys and docs/data.md for worked examples.
 """
 import os
 
@@ -19,7 +19,7 @@ from hyperclip_jax.config import load_config, parse_arg
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, source="webdataset", pattern="", manifest="", tfds_name="", tokenizer="bytes",
-                  image_size=0, max_len=0, workers=0, variant="hyperclip", steps=900, encoder="efficientnet_b0",
+                  image_size=0, max_len=0, workers="0", variant="hyperclip", steps=900, encoder="efficientnet_b0",
                   tiny=False)
   demo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
   c = load_config(f"{demo}:variant={arg.variant},steps={arg.steps},encoder={arg.encoder},tiny={arg.tiny}")
@@ -36,8 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       tokenizer=arg.tokenizer,
       shuffle=True,
       shuffle_block=256,              # webdataset: raw samples permuted together (held in memory) per stream
+      mix_shards=1,                   # webdataset: shards a stream interleaves; 16-64 on many shards (mixing)
       streams_per_host=0,             # webdataset: 0 = max(worker_count, 1); fixes the sample order
-      worker_count=arg.workers,
+      worker_count=arg.workers,       # an integer, or 'auto' (the cores this process may use, less 2)
       worker_buffer_size=2,
       read_threads=1,
       prefetch_batches=2,

@@ -14,7 +14,8 @@ config.data fields (an ml_collections ConfigDict; missing optional fields take t
   two_objects_prob: float = 0.3   demo: share of two-object scenes
   partial_caption_prob: float = 0.2  demo: share of captions naming only some attributes
   shuffle: bool = True            finite sources: reshuffle every epoch (the demo stream is already random)
-  worker_count: int = 0           grain worker processes (mp_prefetch); 0 renders in this process
+  worker_count: int | str = 0     grain worker processes (mp_prefetch); 0 renders in this process; 'auto' =
+                                  the cores this process may use less 2 for the main loop (data/workers.py)
   worker_buffer_size: int = 2     batches each worker keeps ready
   read_threads: int = 1           background threads of this process (each makes whole batches); 0 = inline
   prefetch_batches: int = 2       batches read ahead in this process
@@ -25,6 +26,8 @@ config.data fields (an ml_collections ConfigDict; missing optional fields take t
   caption_key: str                webdataset: 'txt' or 'json:FIELD'; manifest: the caption column
   pp: str = ''                    train preprocessing (data/pp.py); '' = DEFAULT_PP at image_size / max_len
   shuffle_block: int = 256        webdataset: items permuted together within a reader stream (held in memory)
+  mix_shards: int = 1             webdataset: shards each reader stream reads at once, interleaved; a host batch
+                                  of >= 2 x mix_shards - 1 rows draws from all of them (data/streaming.py)
   streams_per_host: int = 0       webdataset reader streams per host; 0 = max(worker_count, 1). The batch
                                   order depends on it (and the host count), not on worker_count
   tfds_name, tfds_split, tfds_data_dir, tfds_image_key, tfds_text_key, tfds_label_key: see sources/tfds.py
@@ -41,6 +44,7 @@ from hyperclip_jax.data import bad_data
 from hyperclip_jax.data import pixels
 from hyperclip_jax.data import sources
 from hyperclip_jax.data import streaming
+from hyperclip_jax.data import workers
 from hyperclip_jax.data.sources.demo import ZeroShotTask
 from hyperclip_jax.data.tokenizers import Tokenizer
 
@@ -196,9 +200,7 @@ def make_train_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_siz
     raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of the process "
                      f"count {process_count}")
   max_len = config_data.get("max_len", 32)
-  worker_count = config_data.get("worker_count", 0)
-  if worker_count < 0:
-    raise ValueError(f"config.data.worker_count={worker_count} must be >= 0 (0 renders in-process)")
+  worker_count = workers.resolve_worker_count(config_data.get("worker_count", 0))
   local_batch = global_batch_size // process_count
   read_options = grain.ReadOptions(num_threads=config_data.get("read_threads", 1),
                                    prefetch_buffer_size=config_data.get("prefetch_batches", 2))
@@ -237,20 +239,24 @@ def _make_stream_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_s
   if not webdataset.any_exists(shards[:8]):  # a cheap look at the head: listing 10^4 remote shards is not
     raise ValueError(f"config.data.pattern={pattern!r} matches 0 shard files (looked at {shards[:2]}...); "
                      "check the path and the {first..last} range")
-  workers = mp_options.num_workers if mp_options else 0
-  per_host = config_data.get("streams_per_host", 0) or max(workers, 1)
-  if workers and per_host % workers:
-    raise ValueError(f"config.data.streams_per_host={per_host} must be a multiple of config.data.worker_count="
-                     f"{workers} (each worker decodes whole streams)")
+  n_workers = mp_options.num_workers if mp_options else 0
+  per_host = config_data.get("streams_per_host", 0) or max(n_workers, 1)
+  if n_workers and per_host % n_workers:
+    raise ValueError(f"config.data.streams_per_host={per_host} must be a multiple of the worker count "
+                     f"{n_workers} (config.data.worker_count={config_data.get('worker_count')!r}; each worker "
+                     "decodes whole streams)")
   total = per_host * process_count
-  if len(shards) < total:
+  mix = config_data.get("mix_shards", 1)
+  if mix < 1:
+    raise ValueError(f"config.data.mix_shards={mix} must be >= 1 (shards each reader stream interleaves)")
+  if len(shards) < total * mix:
     raise ValueError(f"config.data.pattern={pattern!r} matches {len(shards)} shard(s), fewer than the {total} "
-                     f"reader streams ({process_count} host(s) x streams_per_host={per_host}); write more shards "
-                     "or lower config.data.streams_per_host")
+                     f"reader streams ({process_count} host(s) x streams_per_host={per_host}) x mix_shards={mix} "
+                     "need; write more shards or lower config.data.mix_shards / streams_per_host")
   max_len = config_data.get("max_len", 32)
   preprocess = streaming.Preprocess(train_pp(config_data), tokenizer, max_len, config_data.get("image_size", 64))
   shard_streams = streaming.ShardStreams(
-      pattern, shards, total, seed, config_data.get("shuffle", True), config_data.get("shuffle_block", 256),
+      pattern, shards, total, seed, config_data.get("shuffle", True), config_data.get("shuffle_block", 256), mix,
       config_data.get("caption_key", "txt") or "txt", preprocess, global_batch_size // process_count)
 
   def make_ds(ds: grain.IterDataset) -> grain.IterDataset:

@@ -2,12 +2,18 @@
 
 `build(spec, tokenizer=..., max_len=...)` parses a spec into one function `fn(example, rng) -> example` over a
 dict of fields. Ops are `name` or `name(args)` with Python literal arguments, joined by '|'. Images move
-between ops as PIL images (a JPEG is decoded at reduced size when the next op only needs that, the
-`draft` trick) and become numpy arrays at the end or at `value_range`. An undecodable or oversized image
+between ops as PIL images and become numpy arrays at the end or at `value_range`. A JPEG is decoded at
+1/2, 1/4 or 1/8 scale (PIL's draft mode: a cheaper DCT decode) when the op right after decode (resize,
+resize_small, inception_crop with a size) still gets at least its output size from it: crops are drawn in
+full-size coordinates from the same rng, so their statistics do not change; pixels differ from full decode +
+resize by a mean of <= 1.5 levels in 255 per image, none by more than 16, on photo-like JPEGs (tests/data/
+test_pp.py pins it; decode(draft=False) opts out).
+decode(draft_upscale=u) lets the next op enlarge a reduced decode by up to u (blurrier, faster: a 512 px photo
+is rarely cropped to >= 448 px, the size a 1/2 decode needs for a 224 output; docs/data.md has the figures). An undecodable or oversized image
 raises `BadSample`, which the pipeline counts and skips.
 
 Ops (arguments as in big_vision; `key` names the field an op works on):
-  decode(key='image', max_pixels=64_000_000)        bytes -> RGB image
+  decode(key='image', max_pixels=64_000_000, draft=True, draft_upscale=1.0)  bytes -> RGB image (see above)
   resize(size, key='image', method='bilinear')        size: int or (height, width)
   resize_small(smaller_size, key='image', method='bilinear')  keeps the aspect ratio
   central_crop(size, key='image')   random_crop(size, key='image')
@@ -44,18 +50,20 @@ class Context:
 
 
 class _Undecoded:
-  """An opened, not yet decoded image file: the next op may ask for a reduced-size JPEG decode."""
+  """An opened, not yet decoded image file: the next op may ask for a reduced-size JPEG decode (unless
+  decode(draft=False))."""
 
-  def __init__(self, image: Image.Image):
-    self.image = image
+  def __init__(self, image: Image.Image, draft: bool = True, draft_upscale: float = 1.0):
+    self.image, self.draft, self.upscale = image, draft, draft_upscale
 
 
 def _pil(value: Any, at_least: tuple[int, int] | None = None) -> Image.Image:
-  """The field as an RGB PIL image; an undecoded JPEG is decoded at the smallest scale >= at_least (w, h)."""
+  """The field as an RGB PIL image; an undecoded JPEG is decoded at the smallest of the DCT scales 1, 1/2,
+  1/4, 1/8 that keeps it >= at_least (w, h) (PIL's draft mode: the decoder skips the finer coefficients)."""
   if isinstance(value, _Undecoded):
     image = value.image
-    if at_least is not None and image.format == "JPEG":
-      image.draft("RGB", at_least)
+    if at_least is not None and value.draft and image.format == "JPEG":
+      image.draft("RGB", tuple(math.ceil(n / value.upscale) for n in at_least))
     if image.mode == "RGB":  # convert() would copy
       image.load()
       return image
@@ -89,7 +97,10 @@ def to_numpy(value: Any) -> Any:
 
 # --- ops: each returns `fn(example, ctx) -> example`; arguments are checked when the spec is built. ---
 
-def decode(key: str = "image", max_pixels: int = 64_000_000) -> Op:
+def decode(key: str = "image", max_pixels: int = 64_000_000, draft: bool = True, draft_upscale: float = 1.0) -> Op:
+  if not draft_upscale >= 1.0:
+    raise ValueError(f"pp op decode: draft_upscale={draft_upscale} must be >= 1 (1: a reduced decode is never "
+                     "enlarged)")
   def fn(ex, ctx):
     data = ex.get(key)
     if data is None or (isinstance(data, (bytes, bytearray)) and not data):
@@ -105,7 +116,7 @@ def decode(key: str = "image", max_pixels: int = 64_000_000) -> Op:
       raise BadSample("bad_image", str(e)) from None
     if image.width * image.height > max_pixels:
       raise BadSample("image_too_large", f"{image.width}x{image.height} exceeds max_pixels={max_pixels}")
-    ex[key] = _Undecoded(image)
+    ex[key] = _Undecoded(image, draft, float(draft_upscale))
     return ex
   return fn
 
@@ -169,8 +180,9 @@ def inception_crop(size: Any = None, area_min: float = 5, area_max: float = 100,
   log_ratio = (math.log(3 / 4), math.log(4 / 3))
 
   def fn(ex, ctx):
-    image = _pil(ex[key])
-    H, W = image.height, image.width
+    value = ex[key]
+    src = value.image if isinstance(value, _Undecoded) else _pil(value)  # the size is known before decoding
+    H, W = src.height, src.width
     box = None
     for _ in range(10):  # as tf.image.sample_distorted_bounding_box: retry, then fall back to the centre
       area = H * W * ctx.rng.uniform(area_min, area_max) / 100
@@ -182,8 +194,17 @@ def inception_crop(size: Any = None, area_min: float = 5, area_max: float = 100,
     if box is None:
       s = min(H, W)
       box = ((H - s) // 2, (W - s) // 2, s, s)
-    image = _crop(image, *box)
-    ex[key] = image if hw is None else image.resize((hw[1], hw[0]), resample)
+    if hw is None:
+      ex[key] = _crop(_pil(value), *box)
+      return ex
+    top, left, h, w = box
+    # Decode no finer than the crop needs: the crop stays >= the output size in the reduced image.
+    image = _pil(value, at_least=(math.ceil(W * hw[1] / w), math.ceil(H * hw[0] / h)))
+    if (image.width, image.height) == (W, H):
+      ex[key] = _crop(image, *box).resize((hw[1], hw[0]), resample)
+    else:  # the same box in the reduced image's coordinates (DCT scale k: ceil(W / k) pixels)
+      k = next((k for k in (2, 4, 8) if -(-W // k) == image.width), W / image.width)
+      ex[key] = image.resize((hw[1], hw[0]), resample, box=(left / k, top / k, (left + w) / k, (top + h) / k))
     return ex
   return fn
 

@@ -1,15 +1,23 @@
 """Streaming (not random-access) training input: webdataset shards read by a fixed set of reader streams.
 
-Every epoch the shard list is reshuffled with the seed; reader stream s of T = hosts x streams_per_host reads
-shards perm[s::T], so hosts and streams never overlap and each epoch reads every shard once. A stream reads
-its shards in blocks of `shuffle_block` items, permutes each block (seeded), and turns items into examples
-(bad ones are skipped and counted). Host batch n comes from local stream n mod S, whole, so the host's
-batch sequence does not depend on how many grain worker processes (any divisor of S) decode it.
+Every epoch the shard list is reshuffled with the seed and cut into groups of `mix_shards` consecutive shards;
+reader stream s of T = hosts x streams_per_host reads groups s, s+T, ... of that epoch, so hosts and streams
+never overlap and each epoch reads every shard once. A stream reads its group's shards together, in blocks of
+`rounds` rounds (rounds = shuffle_block // mix_shards), each round one item from every shard still open; the
+block is then permuted, stratified: each shard's items are permuted among its own places and every round's
+shard order is permuted. So any 2 x mix_shards - 1 consecutive items of a block hold one item of every open
+shard, and a host batch (b >= 2 x mix_shards - 1 rows) draws from all mix_shards shards of its group. Items
+become examples (bad ones are skipped and counted). Host batch n comes from local stream n mod S, whole, so the
+host's batch sequence does not depend on how many grain worker processes (any divisor of S) decode it.
 
-A stream's position is (epoch, shard, record, block, taken): the block started at item `record` of the
-stream's `shard`-th shard of that epoch, and `taken` of its items are consumed. Every batch carries its
-stream's position after it, so the iterator state is exact even while workers read ahead, and a resumed
-stream re-reads only the current block's raw bytes.
+A block, its order and its augmentation depend on (seed, epoch, group, block) only, never on the host or
+stream count. A stream's position is (epoch, entry, block, taken, offsets[mix_shards]): `entry` indexes the
+stream's list of groups this epoch; `offsets` are the records of the group's shards at the block's start
+(-1: shard done), `taken` the items of the block consumed. Every batch carries its stream's position after
+it, so the iterator state is exact even while workers read ahead, and a resumed stream re-reads only the
+current block's raw bytes. Resuming on another host or stream count (`replan`) hands the unfinished groups,
+each at its exact position, and the unread groups to the new streams: within an epoch no sample is read twice
+or skipped; a group resumed that way is read on by one stream as before.
 """
 from typing import Any, Callable, Iterator, Sequence
 
@@ -20,7 +28,6 @@ from hyperclip_jax.data import bad_data, pixels, pp as pp_lib
 from hyperclip_jax.data.bad_data import BadSample
 from hyperclip_jax.data.sources import webdataset
 
-START = (0, 0, 0, 0, 0)  # epoch, shard, record, block, taken
 
 
 class Preprocess:
@@ -53,67 +60,122 @@ class Preprocess:
     return out
 
 
+Entry = tuple  # (group, block, taken, *offsets): where a stream starts reading a group
+
+
 class ShardStreams:
-  """What every reader stream shares: the shard list, seeds and the per-sample processing."""
+  """What every reader stream shares: the shard list, seeds, mixing, per-sample processing and the plans of
+  epochs resumed on another host or stream count ({epoch: [entries of global stream t] for t in range(T)})."""
 
   def __init__(self, pattern: str, shards: Sequence[str], total_streams: int, seed: int, shuffle: bool,
-               shuffle_block: int, caption_key: str, process: Preprocess, local_batch: int):
+               shuffle_block: int, mix_shards: int, caption_key: str, process: Preprocess, local_batch: int):
     self.pattern, self.shards, self.total_streams = pattern, list(shards), total_streams
-    self.seed, self.shuffle, self.block = seed, shuffle, max(1, shuffle_block if shuffle else 1)
+    self.seed, self.shuffle, self.mix = seed, shuffle, mix_shards
+    self.rounds = max(1, shuffle_block // mix_shards) if shuffle else 1
+    self.n_groups = -(-len(self.shards) // mix_shards)
     self.caption_key, self.process, self.local_batch = caption_key, process, local_batch
+    self.plans: dict[int, list[list[Entry]]] = {}
 
-  def epoch_shards(self, epoch: int, stream: int) -> list[str]:
+  def group_shards(self, epoch: int, group: int) -> list[str]:
     order = np.arange(len(self.shards))
     if self.shuffle:
       order = np.random.default_rng([self.seed, 11, epoch]).permutation(len(self.shards))
-    return [self.shards[i] for i in order[stream::self.total_streams]]
+    return [self.shards[i] for i in order[group * self.mix:(group + 1) * self.mix]]
+
+  def work(self, epoch: int, stream: int, total: int | None = None,
+           plans: dict[int, list[list[Entry]]] | None = None) -> list[Entry]:
+    """The groups global stream `stream` of `total` reads in `epoch`, each with its start position."""
+    plans = self.plans if plans is None else plans
+    if epoch in plans:
+      return [tuple(e) for e in plans[epoch][stream]]
+    total = total or self.total_streams
+    return [(g, 0, 0, *[0] * self.mix) for g in range(stream, self.n_groups, total)]
+
+  def start(self, stream: int) -> tuple:
+    """Position of a stream that has read nothing yet."""
+    return self.position(0, 0, stream)
+
+  def position(self, epoch: int, entry: int, stream: int) -> tuple:
+    work = self.work(epoch, stream)
+    return (epoch, entry, *(work[entry][1:] if entry < len(work) else (0, 0, *[0] * self.mix)))
+
+  def _block(self, shards: list[str], offsets: list[int], readers: dict) -> tuple[list, list[int], int]:
+    """Items [(item, slot)] of the block starting at `offsets`, the offsets after it, shards finished in it."""
+    offsets, items, finished = list(offsets), [], 0
+    for _ in range(self.rounds):
+      progressed = False
+      for slot, path in enumerate(shards):
+        if offsets[slot] < 0:
+          continue
+        if slot not in readers or readers[slot][0] != offsets[slot]:
+          readers[slot] = (offsets[slot], webdataset.read_shard(path, skip=offsets[slot]))
+        item = next(readers[slot][1], None)
+        if item is None:
+          offsets[slot], finished = -1, finished + 1
+          readers.pop(slot)
+          continue
+        offsets[slot] += 1
+        readers[slot] = (offsets[slot], readers[slot][1])
+        items.append((item, slot))
+        progressed = True
+      if not progressed:
+        break
+    return items, offsets, finished
+
+  def _order(self, items: list, epoch: int, group: int, block: int) -> list[int]:
+    """Stratified permutation of a block: rounds stay in place, each shard's items and each round's shard
+    order are permuted."""
+    if not self.shuffle:
+      return list(range(len(items)))
+    rng = np.random.default_rng([self.seed, 7, epoch, group, block])
+    by_slot: dict[int, list[int]] = {}
+    for i, (_, slot) in enumerate(items):
+      by_slot.setdefault(slot, []).append(i)
+    for slot in sorted(by_slot):
+      by_slot[slot] = [by_slot[slot][k] for k in rng.permutation(len(by_slot[slot]))]
+    rounds: dict[int, list[int]] = {}
+    for slot in sorted(by_slot):
+      for r, i in enumerate(by_slot[slot]):
+        rounds.setdefault(r, []).append(i)
+    return [rounds[r][k] for r in sorted(rounds) for k in rng.permutation(len(rounds[r]))]
 
   def examples(self, stream: int, pos: Sequence[int]) -> Iterator[tuple[dict | BadSample, tuple]]:
     """(example or BadSample, position after it), endlessly, from position `pos` of global stream `stream`."""
-    epoch, shard, record, block, taken = pos
-    reader = None  # (shard, next record, open generator): continues a shard across blocks
-    opened, last_good = 0, -1  # ordinals of shards read by this generator; of the last with a good sample
-    shards, shards_epoch = [], None
+    epoch, entry, block, taken, *offsets = (int(p) for p in pos)
+    readers: dict = {}  # slot -> (next record, open generator): continues a shard across blocks
+    finished_since_good = 0
     while True:
-      if shards_epoch != epoch:
-        shards, shards_epoch = self.epoch_shards(epoch, stream), epoch
-      if opened - last_good > len(self.shards):
+      work = self.work(epoch, stream)
+      if entry >= len(work):  # epoch done
+        epoch, entry = epoch + 1, 0
+        _, _, block, taken, *offsets = self.position(epoch, 0, stream)
+        readers = {}
+        continue
+      if finished_since_good > len(self.shards) + self.mix:
         raise ValueError(f"config.data.pattern={self.pattern!r} yields no usable sample: {len(self.shards)} "
                          "shards in a row gave none (see the data/skipped warnings); check the shards")
-      items, ordinals, end = [], [], (shard, record)
-      while len(items) < self.block and end[0] < len(shards):
-        if reader is None or reader[:2] != end:
-          reader = (end[0], end[1], webdataset.read_shard(shards[end[0]], skip=end[1]))
-        item = next(reader[2], None)
-        if item is None:
-          end, reader = (end[0] + 1, 0), None
-          opened += 1
-          continue
-        items.append(item)
-        ordinals.append(opened)
-        end = (end[0], end[1] + 1)
-        reader = (end[0], end[1], reader[2])
-      if not items:  # epoch done
-        epoch, shard, record, block, taken = epoch + 1, 0, 0, 0, 0
-        reader = None
+      group = work[entry][0]
+      items, after, finished = self._block(self.group_shards(epoch, group), offsets, readers)
+      finished_since_good += finished
+      if not items:  # group done
+        entry += 1
+        _, _, block, taken, *offsets = self.position(epoch, entry, stream)
+        readers = {}
         continue
-      order = np.arange(len(items))
-      if self.shuffle:
-        order = np.random.default_rng([self.seed, 7, stream, epoch, block]).permutation(len(items))
-      for i in range(taken, len(items)):
-        item = items[order[i]]
-        nxt = (epoch, shard, record, block, i + 1) if i + 1 < len(items) else (epoch, *end, block + 1, 0)
+      order = self._order(items, epoch, group, block)
+      for i in range(taken, len(order)):
+        item = items[order[i]][0]
+        nxt = (epoch, entry, block, i + 1, *offsets) if i + 1 < len(order) else (epoch, entry, block + 1, 0, *after)
         if not isinstance(item, BadSample):
           try:
-            rng = np.random.default_rng([self.seed, 13, stream, epoch, block, i])
+            rng = np.random.default_rng([self.seed, 13, epoch, group, block, i])
             item = self.process(webdataset.to_example(item, self.caption_key), rng)
             item["epoch"] = np.int64(epoch)
-            last_good = max(last_good, ordinals[order[i]])
+            finished_since_good = 0
           except BadSample as e:
             item = e
         yield item, nxt
-      shard, record = end
-      block, taken = block + 1, 0
+      offsets, block, taken = after, block + 1, 0
 
   def batches(self, stream: int, pos: Sequence[int]) -> Iterator[tuple[dict, dict]]:
     """(batch of local_batch examples, info {'stream', 'pos', 'skipped', 'details'}) from stream `stream`."""
@@ -128,6 +190,33 @@ class ShardStreams:
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "key"}
         yield batch, {"stream": stream, "pos": tuple(int(p) for p in pos), "skipped": counts, "details": details}
         rows, counts, details = [], bad_data.zero_counts(), {}
+
+
+def replan(streams: ShardStreams, positions: list[tuple], old_total: int,
+           old_plans: dict[int, list[list[Entry]]]) -> dict[int, list[list[Entry]]]:
+  """Plans and start positions for streams.total_streams streams that continue `positions` (of old_total
+  global streams, under old_plans): every epoch some old stream has not finished is split anew, unfinished
+  groups first (each at its exact position, so it is read on without a repeat or a gap), then unread groups;
+  new stream t takes every T-th of them and starts at its first, in the oldest of those epochs. Later epochs
+  use the ordinary assignment."""
+  epochs = [int(p[0]) for p in positions]
+  plans = {}
+  for epoch in range(min(epochs), max(epochs) + 1):
+    started, unread = [], []
+    for t, pos in enumerate(positions):
+      work = streams.work(epoch, t, old_total, old_plans)
+      if epochs[t] > epoch:
+        continue
+      if epochs[t] == epoch:
+        entry = int(pos[1])
+        if entry < len(work):
+          started.append((work[entry][0], *(int(p) for p in pos[2:])))
+        work = work[entry + 1:]
+      for e in work:
+        (unread if not any(e[1:]) else started).append(tuple(e))
+    remaining = started + sorted(unread)
+    plans[epoch] = [remaining[t::streams.total_streams] for t in range(streams.total_streams)]
+  return plans
 
 
 class _HostBatches(grain.IterDataset):
@@ -174,15 +263,16 @@ def _allgather_rows(row: np.ndarray, process_count: int) -> list[list[int]] | No
 
 
 class StreamIterator(grain.DatasetIterator):
-  """This host's batches; state = next step and, per host, a row of stream positions (5 ints per stream) then
-  skip counts (one per `skip_reasons` name): JSON, gathered from every host in multi-host runs."""
+  """This host's batches; state = next step, per host a row of stream positions (4 + mix_shards ints per
+  stream) then skip counts (one per `skip_reasons` name), and the plans of epochs resumed on another host or
+  stream count: JSON, gathered from every host in multi-host runs."""
 
   def __init__(self, streams: ShardStreams, global_batch_size: int, process_index: int, process_count: int,
                streams_per_host: int, make_ds: Callable[[grain.IterDataset], grain.IterDataset]):
     self._streams, self._global_batch_size = streams, global_batch_size
     self._k, self._p, self._s, self._make_ds = process_index, process_count, streams_per_host, make_ds
     self._step = 0
-    self._positions = [START] * streams_per_host
+    self._positions = [streams.start(self._k * self._s + j) for j in range(streams_per_host)]
     self._skips = bad_data.SkipLog()
     self._inner = None
     super().__init__()
@@ -214,9 +304,20 @@ class StreamIterator(grain.DatasetIterator):
     rows = _allgather_rows(row, self._p)
     if rows is None:
       rows = [row.tolist() if k == self._k else None for k in range(self._p)]
+    plans = self._current_plans(rows, self._s)
     return {"next_step": self._step, "global_batch_size": self._global_batch_size,
-            "process_count": self._p, "streams_per_host": self._s, "skip_reasons": list(bad_data.REASONS),
-            "hosts": rows}
+            "process_count": self._p, "streams_per_host": self._s, "mix_shards": self._streams.mix,
+            "rounds": self._streams.rounds, "skip_reasons": list(bad_data.REASONS), "hosts": rows,
+            "plans": {str(e): [[list(map(int, x)) for x in t] for t in p] for e, p in plans.items()}}
+
+  def _current_plans(self, rows: list, streams_per_host: int) -> dict[int, list[list[Entry]]]:
+    """The plans, less those of epochs every stream has finished (known when every host's row is)."""
+    plans = self._streams.plans
+    if all(r is not None for r in rows):
+      width = 4 + self._streams.mix
+      oldest = min(r[i] for r in rows for i in range(0, width * streams_per_host, width))
+      plans = {e: p for e, p in plans.items() if e >= oldest}
+    return plans
 
   def set_state(self, state: dict[str, Any]) -> None:
     if state.get("global_batch_size") != self._global_batch_size:
@@ -225,17 +326,40 @@ class StreamIterator(grain.DatasetIterator):
     if "hosts" not in state:
       raise ValueError("data iterator state is not from a streaming (webdataset) source; resume with the "
                        "config.data it was saved with")
-    if (state["process_count"], state["streams_per_host"]) != (self._p, self._s):
-      raise ValueError(f"data iterator state is for {state['process_count']} hosts x "
-                       f"{state['streams_per_host']} streams, not {self._p} x {self._s}; resume with the same "
-                       "host count and config.data.streams_per_host")
-    row = state["hosts"][self._k]
-    if row is None:
-      raise ValueError(f"data iterator state has no stream positions for host {self._k}")
-    n = 5 * self._s
+    mix = self._streams.mix
+    if "mix_shards" not in state:
+      raise ValueError("data iterator state is from a webdataset reader without shard mixing (5 numbers per "
+                       "stream); this version cannot continue it: resume those runs with the version that saved "
+                       "them")
+    if (state.get("mix_shards"), state.get("rounds")) != (mix, self._streams.rounds):
+      raise ValueError(f"data iterator state is for config.data.mix_shards={state.get('mix_shards')} with "
+                       f"{state.get('rounds')} rounds per block, not {mix} with {self._streams.rounds}; resume "
+                       "with the mix_shards, shuffle_block and shuffle it was saved with")
+    width, old_p, old_s = 4 + mix, state["process_count"], state["streams_per_host"]
+    plans = {int(e): [[tuple(x) for x in t] for t in p] for e, p in state.get("plans", {}).items()}
+    reasons = state.get("skip_reasons", bad_data.REASONS)
     if self._inner is not None:
       self._inner.close()
       self._inner, self._parents = None, ()
-    self._positions = [tuple(row[i:i + 5]) for i in range(0, n, 5)]
-    self._skips = bad_data.SkipLog(dict(zip(state.get("skip_reasons", bad_data.REASONS), row[n:])))
+    if (old_p, old_s) == (self._p, self._s):
+      row = state["hosts"][self._k]
+      if row is None:
+        raise ValueError(f"data iterator state has no stream positions for host {self._k}")
+      self._streams.plans = plans
+      self._streams.plans = self._current_plans(state["hosts"], self._s)
+      self._positions = [tuple(row[i:i + width]) for i in range(0, width * self._s, width)]
+      self._skips = bad_data.SkipLog(dict(zip(reasons, row[width * self._s:])))
+    else:
+      missing = [k for k, r in enumerate(state["hosts"]) if r is None]
+      if missing:
+        raise ValueError(f"data iterator state of {old_p} hosts lacks the stream positions of host(s) {missing}; "
+                         "resuming on another host or stream count needs every host's row (multi-host saves "
+                         "gather them)")
+      old = [tuple(r[i:i + width]) for r in state["hosts"] for i in range(0, width * old_s, width)]
+      self._streams.plans = replan(self._streams, old, old_p * old_s, plans)
+      oldest = min(p[0] for p in old)
+      self._positions = [self._streams.position(oldest, 0, self._k * self._s + j) for j in range(self._s)]
+      # skip counts so far: every old host's, kept once (on host 0) so that totals over hosts stay right
+      totals = np.sum([r[width * old_s:] for r in state["hosts"]], axis=0) if self._k == 0 else None
+      self._skips = bad_data.SkipLog(dict(zip(reasons, totals)) if totals is not None else None)
     self._step = int(state["next_step"])

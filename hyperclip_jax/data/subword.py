@@ -1,4 +1,4 @@
-"""Subword tokenizers from user-given vocabulary files: sentencepiece models and CLIP's BPE merges.
+"""Subword tokenizers from vocabulary files: sentencepiece models and CLIP's BPE merges (shipped).
 
 Both follow the byte tokenizer's layout: [bos] tokens eos fill..., truncation keeps the EOS, and `sticky_eos`
 fills with EOS instead of `pad_id` (SigLIP: big_vision's eos='sticky', pad_value=eos). Files are read through
@@ -6,10 +6,13 @@ etils.epath, so a gs:// or other remote path works like a local one.
 """
 import functools
 import gzip
+import os
 import re
 from typing import Sequence
 
 import numpy as np
+
+SHIPPED_CLIP_BPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vocab", "bpe_simple_vocab_16e6.txt.gz")
 
 
 def _read_bytes(path: str, what: str) -> bytes:
@@ -105,15 +108,16 @@ class ClipBpeTokenizer(_Options):
 
   Ids: 256 byte characters, the same with '</w>', one per merge, then <|startoftext|> (bos) and
   <|endoftext|> (eos). Pads with pad_id=0 as OpenCLIP does; text is lowercased and whitespace-collapsed.
+  vocab='' reads the merges file shipped with the package (data/vocab/README.md: source, licence, checksum).
   """
 
-  def __init__(self, vocab: str, num_merges: int = 49152 - 256 - 2, lowercase: bool = True,
+  def __init__(self, vocab: str = "", num_merges: int = 49152 - 256 - 2, lowercase: bool = True,
                add_bos: bool = True, add_eos: bool = True, sticky_eos: bool = False, pad_id: int = 0):
-    data = _read_bytes(vocab, "CLIP BPE vocab")
+    data = _read_bytes(vocab or SHIPPED_CLIP_BPE, "CLIP BPE vocab")
     if data[:2] == b"\x1f\x8b":
       data = gzip.decompress(data)
     lines = data.decode("utf-8").split("\n")
-    if lines and lines[0].startswith("#version"):
+    if lines and "#version" in lines[0]:  # CLIP's file starts '"bpe_simple_vocab_16e6.txt#version: 0.2'
       lines = lines[1:]
     merges = [tuple(l.split()) for l in lines[:num_merges] if l.strip()]
     if not merges or any(len(m) != 2 for m in merges):

@@ -4,7 +4,7 @@ A spec is a name or a call with literal options, as config.data.tokenizer spells
   bytes                                   UTF-8 bytes + 3 (pad=0, bos=1, eos=2); no vocabulary file, the default
   demo_words                              the demo grammar's closed vocabulary
   sentencepiece(model='c4_en.model', sticky_eos=True)   a user-given sentencepiece model (any epath)
-  clip_bpe(vocab='bpe_simple_vocab_16e6.txt.gz')        CLIP's BPE from a user-given merges file
+  clip_bpe(vocab='')                      CLIP's BPE; vocab='' = the merges file shipped in data/vocab/
 Options shared by all: lowercase, add_eos, sticky_eos, and pad_id (sentencepiece, clip_bpe).
 
 Every tokenizer has `vocab_size`, `pad_id`, `bos_id`, `eos_id`, `encode(texts, max_len) -> int32 [N, L]`

@@ -15,10 +15,10 @@ Keys per type (all optional; `type` is needed where the name is not a type):
                 (what the hypernet reads: 'classes' = each task's class prompts; 'train_captions' = the first
                 set_size captions of the training source at seed 0, one fixed set for every task;
                 'train_sets_mean' = the norm params averaged over the first condition_sets such sets),
-                condition_sets (default 64)
+                condition_sets (default 64), workers (grain processes decoding tfds/manifest images; 0: inline)
   retrieval     data (default: the demo pairs), pp, num_pairs, batch_size
   linear_probe  data (the test split), train_data (keys that differ from data, e.g. dict(split='train')),
-                classes, templates, pp, n_train, n_eval, batch_size
+                classes, templates, pp, n_train, n_eval, batch_size, workers
 data: see eval_data.py (tfds, manifest, demo). classes: a classnames.py spec (imagenet1k, cifar100, cifar10,
 demo:TASK, FILE); '' = the TFDS dataset's own label names. templates: imagenet1k, cifar, default or FILE; '' =
 those of `classes`. The metric names are <type>/<task>/<metric> (zeroshot/<task>/top1|top5,
@@ -43,11 +43,12 @@ from hyperclip_jax.evaluators.zeroshot import format_table as _zeroshot_table
 KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "zeroshot": {"tasks": (str, ""), "data": (dict, None), "classes": (str, ""), "templates": (str, ""),
                  "pp": (str, ""), "n_eval": (int, 0), "batch_size": (int, 256), "condition": (str, "classes"),
-                 "condition_sets": (int, 64)},
+                 "condition_sets": (int, 64), "workers": (int, 0)},
     "retrieval": {"data": (dict, {"name": "demo"}), "pp": (str, ""), "num_pairs": (int, 512),
                   "batch_size": (int, 256)},
     "linear_probe": {"data": (dict, None), "train_data": (dict, {}), "classes": (str, ""), "templates": (str, ""),
-                     "pp": (str, ""), "n_train": (int, 1000), "n_eval": (int, 1000), "batch_size": (int, 256)},
+                     "pp": (str, ""), "n_train": (int, 1000), "n_eval": (int, 1000), "batch_size": (int, 256),
+                     "workers": (int, 0)},
 }
 TYPES = tuple(KEYS)
 CONDITIONS = ("classes", "train_captions", "train_sets_mean")  # zeroshot `condition`: what the hypernet reads
@@ -86,6 +87,8 @@ def _check(name: str, kind: str, s: dict[str, Any]) -> None:
       raise ConfigError(f"{where}.{key}={s[key]} must be at least 1")
   if s.get("n_eval", 0) < 0:
     raise ConfigError(f"{where}.n_eval={s['n_eval']} must be >= 0 (0: the whole split)")
+  if s.get("workers", 0) < 0:
+    raise ConfigError(f"{where}.workers={s['workers']} must be >= 0 (0: decode in this process)")
   if kind == "zeroshot":
     if s["condition"] not in CONDITIONS:
       raise ConfigError(f"{where}.condition={s['condition']!r} is unknown; known: {', '.join(CONDITIONS)}")
@@ -187,7 +190,7 @@ def _zeroshot_tasks(config: ml_collections.ConfigDict, name: str, s: dict[str, A
             functools.partial(input_pipeline.make_eval_batches, t, ts["batch_size"])))
       continue
     source, names, templates = _labelled(data, ts, where)
-    batches = eval_data.labelled_batches(source, size, ts["batch_size"], ts["pp"], ts["n_eval"])
+    batches = eval_data.labelled_batches(source, size, ts["batch_size"], ts["pp"], ts["n_eval"], ts["workers"])
     tasks.append(zeroshot.ClassificationTask(task, names, templates, batches))
   return tasks
 
@@ -243,8 +246,8 @@ def _linear_probe(config, model, tokenizer, name: str, s: dict[str, Any]) -> Any
     test, names, templates = _labelled(data, s, where)
     train = eval_data.labelled_source({**data, **s["train_data"]}, names)
     tasks = [(_task_name(name, "linear_probe"), names, templates,
-              eval_data.labelled_batches(train, size, s["batch_size"], s["pp"], s["n_train"]),
-              eval_data.labelled_batches(test, size, s["batch_size"], s["pp"], s["n_eval"]))]
+              eval_data.labelled_batches(train, size, s["batch_size"], s["pp"], s["n_train"], s["workers"]),
+              eval_data.labelled_batches(test, size, s["batch_size"], s["pp"], s["n_eval"], s["workers"]))]
   return linear_probe.LinearProbeEvaluator(model, tokenizer, config.data.max_len, tasks)
 
 

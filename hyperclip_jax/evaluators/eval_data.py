@@ -111,9 +111,13 @@ def pair_source(data: dict[str, Any]) -> Any:
                         caption_key=data.get("caption_key", "") or "caption")
 
 
-def labelled_batches(source: Any, image_size: int, batch_size: int, pp: str, n: int) -> Callable[[], Iterator]:
-  """() -> iterator of (images f32 [b, S, S, 3] in [-1, 1], labels i32 [b]) over the first n items (0: all)."""
-  from hyperclip_jax.data import input_pipeline
+def labelled_batches(source: Any, image_size: int, batch_size: int, pp: str, n: int,
+                     workers: int = 0) -> Callable[[], Iterator]:
+  """() -> iterator of (images f32 [b, S, S, 3] in [-1, 1], labels i32 [b]) over the first n items (0: all),
+  decoded in `workers` grain processes (0: in this one)."""
+  from hyperclip_jax.data import eval_input, input_pipeline
+  if workers > 0:
+    return functools.partial(eval_input.sharded_eval_batches, source, image_size, batch_size, pp, n, workers)
   return functools.partial(input_pipeline.make_source_eval_batches, source, image_size, batch_size, pp, n)
 
 

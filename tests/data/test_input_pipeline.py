@@ -1,4 +1,6 @@
 """grain input pipeline: batch layout, host slicing, exact resume, finite-source epochs, eval batches."""
+import os
+
 import ml_collections
 import numpy as np
 import pytest
@@ -130,3 +132,22 @@ def test_prompt_tokens_are_classes_by_templates():
   tokens = input_pipeline.make_prompt_tokens(task, tok, max_len=32)
   assert tokens.shape == (8, len(task.templates), 32)
   assert tok.decode(tokens[1, 0:1]) == [task.templates[0].format("green")]
+
+
+def test_worker_count_auto_leaves_cores_for_the_main_loop(monkeypatch):
+  from hyperclip_jax.data import workers
+  monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+  assert workers.resolve_worker_count("auto") == 6 - workers.RESERVED_CORES
+  assert workers.resolve_worker_count("auto", cores=2) == 0  # too few cores: decode in the main process
+  assert workers.resolve_worker_count("8") == workers.resolve_worker_count(8) == 8  # a command-line override
+  for bad in (-1, "many", 1.5):
+    with pytest.raises(ValueError, match="worker_count"):
+      workers.resolve_worker_count(bad)
+  with pytest.raises(ValueError, match="worker_count='x'"):
+    input_pipeline.make_train_iterator(_config(worker_count="x"), get_tokenizer("bytes"), 4, seed=0)
+
+
+def test_datacomp_config_sizes_workers_from_the_cores():
+  from hyperclip_jax.config import load_config
+  config = load_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "datacomp.py"))
+  assert config.data.worker_count == "auto" and config.data.mix_shards >= 16

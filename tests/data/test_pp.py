@@ -92,3 +92,29 @@ def test_errors_list_known_ops_and_the_signature():
     pp.build("resize(-3)")
   with pytest.raises(ValueError, match="Python literals"):
     pp.build("resize(size)")
+
+
+def _photo(w, h, seed):
+  """A photo-like JPEG: smooth colour fields plus fine texture."""
+  rng = np.random.default_rng(seed)
+  coarse = Image.fromarray(rng.integers(0, 255, (6, 8, 3), np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+  image = np.clip(np.asarray(coarse, np.int16) + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="JPEG", quality=90)
+  return buf.getvalue()
+
+
+@pytest.mark.parametrize("op", ["resize(64)", "resize_small(60)", "inception_crop(64, area_min=40)"])
+def test_reduced_scale_decode_stays_within_tolerance_of_full_decode(op):
+  for seed in range(3):
+    data = _photo(640, 480, seed)  # 1/2 .. 1/8 decodes still cover a 64 px output
+    fast = _run(f"decode|{op}", {"image": data}, seed=seed)["image"].astype(np.float32)
+    full = _run(f"decode(draft=False)|{op}", {"image": data}, seed=seed)["image"].astype(np.float32)
+    diff = np.abs(fast - full)
+    assert fast.shape == full.shape
+    assert 0 < diff.mean() <= 1.5 and diff.max() <= 16  # > 0: the reduced decode did run
+  small = _photo(80, 64, 0)  # a crop < 2x the output: no reduced decode, same pixels as full decode
+  np.testing.assert_array_equal(_run("decode|inception_crop(64)", {"image": small})["image"],
+                                _run("decode(draft=False)|inception_crop(64)", {"image": small})["image"])
+  with pytest.raises(ValueError, match="draft_upscale"):
+    pp.build("decode(draft_upscale=0.5)")

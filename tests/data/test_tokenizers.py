@@ -117,6 +117,19 @@ def test_clip_bpe_from_a_merges_file(tmp_path):
   assert sticky.encode(["cat"], 4)[0].tolist() == [517, 512 + 1, 518, 518]
 
 
+def test_clip_bpe_works_out_of_the_box_with_the_shipped_merges_file():
+  import hashlib
+  from hyperclip_jax.data import subword
+  digest = hashlib.sha256(open(subword.SHIPPED_CLIP_BPE, "rb").read()).hexdigest()
+  assert digest == "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"  # data/vocab/README.md
+  tok = get_tokenizer("clip_bpe()")
+  assert tok.vocab_size == 49408 and (tok.bos_id, tok.eos_id) == (49406, 49407)
+  # CLIP's own ids for this prompt (openai/CLIP's SimpleTokenizer, as in its README example).
+  ids = tok.encode(["A photo of a  CAT."], 10)[0].tolist()
+  assert ids == [49406, 320, 1125, 539, 320, 2368, 269, 49407, 0, 0]
+  assert tok.decode(np.asarray([ids])) == ["a photo of a cat ."]
+
+
 def test_tokenizer_spec_errors_name_the_problem():
   with pytest.raises(ValueError, match="tokenizer 'sentencepeice' is unknown; known: bytes"):
     get_tokenizer("sentencepeice(model='x')")

@@ -39,11 +39,11 @@ def test_expand_pattern_handles_ranges_lists_and_globs(tmp_path):
 
 
 def test_every_sample_read_once_per_epoch_across_2_hosts_x_2_workers(shards):
-  pattern = shards(8, 5)  # 40 samples, 4 reader streams over 8 shards
+  pattern = shards(8, 5)  # 40 samples, 4 reader streams over 8 shards, 2 at a time
   seen = []
   for host in range(2):
-    it = input_pipeline.make_train_iterator(_config(pattern, worker_count=2), TOK, 4, seed=3, process_index=host,
-                                            process_count=2)
+    it = input_pipeline.make_train_iterator(_config(pattern, worker_count=2, mix_shards=2), TOK, 4, seed=3,
+                                            process_index=host, process_count=2)
     try:
       batches = _take(it, 30)  # 60 samples per host: every stream is into epoch 1
     finally:
@@ -55,7 +55,8 @@ def test_every_sample_read_once_per_epoch_across_2_hosts_x_2_workers(shards):
   assert not set(seen[0]) & set(seen[1])
   assert sorted(seen[0] + seen[1]) == list(range(40))
   # The same host reads the same order with its streams decoded in this process.
-  inline = input_pipeline.make_train_iterator(_config(pattern), TOK, 4, seed=3, process_index=1, process_count=2)
+  inline = input_pipeline.make_train_iterator(_config(pattern, mix_shards=2), TOK, 4, seed=3, process_index=1,
+                                              process_count=2)
   assert [_ids(b) for b in _take(inline, 30)] == [_ids(b) for b in batches]
 
 
@@ -70,20 +71,66 @@ def test_epochs_are_reshuffled(shards):
 @pytest.mark.parametrize("saved_workers", [0, 2])
 def test_resume_continues_with_exactly_the_next_batch(shards, saved_workers):
   pattern = shards(4, 7)
-  it = input_pipeline.make_train_iterator(_config(pattern, worker_count=saved_workers), TOK, 3, seed=5)
+  it = input_pipeline.make_train_iterator(_config(pattern, worker_count=saved_workers, mix_shards=2), TOK, 3, seed=5)
   try:
     _take(it, 5)  # mid-block, mid-shard
     state = it.get_state()
     expected = _take(it, 4)
   finally:
     it.close()
-  restored = input_pipeline.make_train_iterator(_config(pattern), TOK, 3, seed=5)
+  restored = input_pipeline.make_train_iterator(_config(pattern, mix_shards=2), TOK, 3, seed=5)
   restored.set_state(state)
   for want, got in zip(expected, _take(restored, 4)):
     for key in want:
       np.testing.assert_array_equal(got[key], want[key])
-  with pytest.raises(ValueError, match="streams_per_host"):
-    input_pipeline.make_train_iterator(_config(pattern, streams_per_host=1), TOK, 3, seed=5).set_state(state)
+  with pytest.raises(ValueError, match="mix_shards"):
+    input_pipeline.make_train_iterator(_config(pattern), TOK, 3, seed=5).set_state(state)
+
+
+def _hosts(pattern, hosts, batch, **kw):
+  return [input_pipeline.make_train_iterator(_config(pattern, **kw), TOK, batch, seed=4, process_index=k,
+                                             process_count=hosts) for k in range(hosts)]
+
+
+def _run(its, steps, seen):
+  """Steps every simulated host, adds the epoch-0 sample ids read to `seen`, returns the gathered state."""
+  for it in its:
+    for b in _take(it, steps):
+      seen += [i for i, e in zip(_ids(b), b["epoch"]) if e == 0]
+  states = [it.get_state() for it in its]
+  return dict(states[0], hosts=[s["hosts"][k] for k, s in enumerate(states)])  # what allgather gives
+
+
+@pytest.mark.parametrize("hosts", [1, 4])
+def test_resume_on_another_host_count_reads_every_sample_once_per_epoch(shards, hosts):
+  pattern = shards(16, 5)  # 80 samples; 2 shards a group, 8 groups
+  kw = dict(mix_shards=2, shuffle_block=4, streams_per_host=2)
+  seen = []
+  state = _run(_hosts(pattern, 2, 12, **kw), 2, seen)  # mid-block in every stream
+  its = _hosts(pattern, hosts, 12, **kw)
+  for it in its:
+    it.set_state(state)
+  state = _run(its, 1, seen)  # a save on the new host count, mid-epoch again
+  assert len(state["plans"]) == 1  # epoch 0 is still being read under the replanned split
+  final = _hosts(pattern, 2, 12, **kw)  # and back
+  for it in final:
+    it.set_state(state)
+  state = _run(final, 12, seen)  # 144 samples: every stream is far into epoch 1
+  assert sorted(seen) == list(range(80))
+  resumed = _hosts(pattern, 2, 12, **kw)[0]
+  resumed.set_state(state)
+  assert resumed.get_state()["plans"] == {}  # epoch 1 is read under the ordinary split
+
+
+def test_a_host_batch_draws_from_every_open_shard(shards):
+  pattern = shards(8, 12)  # equal shards: all 4 shards of a group stay open through the group
+  distinct = {}
+  for mix in (4, 1):
+    it = input_pipeline.make_train_iterator(_config(pattern, mix_shards=mix, shuffle_block=16, streams_per_host=1),
+                                            TOK, 8, seed=2)
+    distinct[mix] = [len({i // 12 for i in _ids(b)}) for b in _take(it, 24)]  # two epochs
+  assert set(distinct[4]) == {4}
+  assert max(distinct[1]) <= 2  # one shard at a time: a batch spans at most a shard boundary
 
 
 def test_bad_samples_are_skipped_counted_and_logged_once(tmp_path, shards, caplog):

@@ -100,6 +100,8 @@ def test_zeroshot_on_a_labelled_manifest(tmp_path):
   evaluator, _ = _build(config, model)
   r = evaluator.run(params, batch_stats)["colours"]
   assert r["num_classes"] == 3 and r["num_images"] == 6 and 0.0 <= r["top1"] <= 1.0 and r["top5"] == 1.0
+  config.evals.zeroshot_colours.workers = 2  # decoded by grain worker processes: the same metrics, exactly
+  assert _build(config, model)[0].run(params, batch_stats)["colours"] == r
 
 
 def test_trainer_runs_retrieval_and_linear_probe_every_eval_step(tmp_path):
