@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
-# Tests see 8 fake CPU devices (set in tests/conftest.py) and reuse compiled programs across runs.
+# `make test` lints (ruff.toml) first. Tests see 8 fake CPU devices (set in tests/conftest.py) and reuse
+# compiled programs across runs.
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
 .PHONY: demo test golden bench bench-peer clean
@@ -26,6 +27,7 @@ demo: $(VENV)/.installed
 	@echo "true classes: $$(cut -f2 $(WORKDIR)/demo_images/captions.txt | tr '\n' ' ')"
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=40 tests
 
 # Reference outputs for tests/models/test_timm_parity.py, from timm in its own venv (torch never enters .venv).
