@@ -98,7 +98,7 @@ def test_update_is_the_layer_with_kernel_w_plus_uv_per_group(models, variant):
   mean = model.generate_mean(params, ztxt)  # one update of rank g·r: the mean of the g updates U_g V_gᵀ
   assert mean["u"].shape == (1, model.lowrank.cin, g * 32)
   want = np.mean([np.asarray(fac["u"][i] @ fac["v"][i].T) for i in range(g)], axis=0)
-  np.testing.assert_allclose(np.asarray(mean["u"][0] @ mean["v"][0].T), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(mean["u"][0] @ mean["v"][0].T), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("sets", [1, 2])
