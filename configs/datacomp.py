@@ -7,6 +7,8 @@ Arguments (after the colon, comma separated):
   encoder   efficientnet_b0 (the paper's main one) | efficientnet_b1 | efficientnet_b2 | tinynet (TinyNet-A)
             | mobilenetv3 (MobileNetV3-Large) | or any image encoder name
   variant   hyperclip | siglip (the baseline: same encoder, no hypernet) | token (prompt-independent control)
+            | linear / conv (capacity controls: a generated rank-hyper_rank update of the final projection /
+            the last 1x1 conv; models/lowrank.py)
   scale     small | medium | large: DataComp's samples seen (12.8M / 128M / 1.28B) and batch sizes (4096 /
             4096 / 8192); every sample of the pool is seen once
   shards    webdataset shard pattern (also --config.data.pattern=...)

@@ -4,9 +4,9 @@
   hyperclip-train --config configs/demo.py:variant=siglip --workdir runs/demo_siglip
   hyperclip-train --config configs/demo.py:variant=token,steps=200 --workdir runs/x --config.batch_size=64
 
-Arguments (after the colon, comma separated): variant (siglip | hyperclip | token), steps, encoder (any
-image encoder name; the width/depth multipliers below keep it tiny), tiny (true: a seconds-long config for
-tests and smoke runs; it evaluates three of the seven demo tasks).
+Arguments (after the colon, comma separated): variant (siglip | hyperclip | token | linear | conv), steps,
+encoder (any image encoder name; the width/depth multipliers below keep it tiny), tiny (true: a seconds-long
+config for tests and smoke runs; it evaluates three of the seven demo tasks).
 """
 import math
 
@@ -39,12 +39,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.text = ml_collections.ConfigDict(dict(
       width=128, depth=2, heads=4, mlp_dim=256, causal=True, pool="eot"))
   c.model.hyper = ml_collections.ConfigDict(dict(set_size=16, width=128, depth=2, heads=4, bottleneck=64))
+  c.model.hyper_rank = 32  # rank of the generated weight update of the linear / conv variants (docs/models.md)
 
   # CLIP's softmax loss, not the paper's SigLIP sigmoid loss (`--config.loss.name=sigmoid`): on this data the
   # sigmoid loss leaves texture at 1.0-1.7x chance whatever else was tried; softmax gives 1.9-2.0x
   # (docs/getting_started.md). bench/studies/reproduce.py and the peer benchmarks pin sigmoid. chunked: the
   # sigmoid's ring form.
-  c.loss = ml_collections.ConfigDict(dict(name="softmax", chunked=False))
+  # scope: which pairs are scored, "batch" (all B x B) | "group" (each image against its own set's captions only)
+  c.loss = ml_collections.ConfigDict(dict(name="softmax", chunked=False, scope="batch"))
   c.accum_steps = 1  # > 1: GradCache micro-batches, exact for the contrastive loss (hyperclip_jax/accumulate.py)
 
   c.optim = ml_collections.ConfigDict(dict(

@@ -3,7 +3,7 @@
 A contrastive loss couples every pair in the batch, so averaging per-micro-batch gradients would change it
 (fewer negatives). GradCache (Gao et al. 2021) keeps it exact with k = config.accum_steps micro-batches:
   1. embed each micro-batch without gradients and keep only zimg, ztxt   [B, D] in all
-  2. loss and its gradients w.r.t. zimg, ztxt, t, b over the full batch (dense or ring loss)
+  2. loss and its gradients w.r.t. zimg, ztxt, t, b over the full batch (dense, ring or per-group loss)
   3. per micro-batch: recompute the forward and pull its slice of dL/dz back to the params (a vjp), summing
 Peak activation memory is then one micro-batch's, plus the [B, D] embeddings and the loss's logits.
 

@@ -15,8 +15,10 @@ from typing import Any, Sequence
 
 import ml_collections
 
-VARIANTS = ("siglip", "hyperclip", "token")
+VARIANTS = ("siglip", "hyperclip", "token", "linear", "conv")  # linear, conv: models/lowrank.py
+LOWRANK_VARIANTS = ("linear", "conv")  # the variants that read config.model.hyper_rank
 LOSSES = ("sigmoid", "softmax")
+LOSS_SCOPES = ("batch", "group")  # losses.SCOPES
 DTYPES = ("float32", "bfloat16", "float16")
 RESUME_MODES = ("auto", "fresh")  # fresh moves existing checkpoints to WORKDIR/checkpoints_previous
 
@@ -120,6 +122,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f"config.model.image.name={m.image.name!r} is unknown; known: {', '.join(image_encoder_names())}")
   if config.loss.name not in LOSSES:
     raise ConfigError(f"config.loss.name={config.loss.name!r} is unknown; known: {', '.join(LOSSES)}")
+  if config.loss.get("scope", "batch") not in LOSS_SCOPES:
+    raise ConfigError(f"config.loss.scope={config.loss.scope!r} is unknown; known: {', '.join(LOSS_SCOPES)}")
+  rank = m.get("hyper_rank", 32)
+  if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+    raise ConfigError(f"config.model.hyper_rank={rank!r} must be a positive int (the rank of linear/conv updates)")
   for key in ("total_steps", "batch_size", "model.hyper.set_size", "model.embed_dim", "data.image_size"):
     value = config
     for k in key.split("."):
@@ -226,4 +233,6 @@ def model_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
   data = {k: config.data[k] for k in ("image_size", "max_len", "tokenizer")}
   # remat changes memory and conv_impl the lowering, not the parameters: a run may resume under either
   model = {k: v for k, v in config.model.to_dict().items() if k not in ("remat", "conv_impl")}
+  if model["variant"] not in LOWRANK_VARIANTS:
+    model.pop("hyper_rank", None)  # unused there: runs saved before the key existed still resume
   return json.loads(json.dumps({"model": model, "data": data}, sort_keys=True, default=str))

@@ -119,11 +119,9 @@ def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray,
                     zsets: Any = None) -> tuple[Any, Any]:
   """-> (folded image-tower params, fn(folded, uint8 images [N, S, S, 3]) -> logits [N, C]); the hypernet reads
   zsets [K, S, D] (default: one set, the task's classes)."""
-  from hyperclip_jax.models import fold, layers, two_towers
-  variables = {"params": params["img"], "batch_stats": batch_stats["img"]}
+  from hyperclip_jax.models import fold, two_towers
   generated = model.generate_mean(params, jnp.asarray(zcls)[None] if zsets is None else jnp.asarray(zsets))
-  if generated is not None:
-    variables[layers.GENERATED] = generated
+  variables = model.static_image_variables(params, batch_stats, generated)
   norms = fold.trace_norms(model.image, variables, model.image_size)
   folded = fold.fold(norms, variables)
   t, b, zc = np.exp(np.asarray(params["t"])), np.asarray(params["b"]), np.asarray(zcls)

@@ -8,6 +8,13 @@ the embeddings' dtype, and meant to run inside the jitted train step. Every loss
 `chunked_sigmoid_loss` is the SigLIP paper's memory-light form of the sigmoid loss over a device mesh: each
 device keeps its own [b, D] image embeddings and passes text blocks around a ring (ppermute), so it never
 holds more than one [b, b] block of logits; loss and gradients equal the dense loss's.
+
+`config.loss.scope` chooses which pairs are scored. "batch" (the default): all N x N pairs. "group": each
+image only against the captions of its own conditioning set (the batch's consecutive groups of set_size
+pairs, the set the hypernet read), as at test time where a class set holds every candidate; `group_loss`
+is then the mean over the N / set_size groups of the dense loss of each [set_size, set_size] block (sigmoid:
+each group's sum over pairs / set_size, so the whole is the sum over all scored pairs / N, as SigLIP's;
+softmax: the mean of both directions' cross-entropies over all N images and N texts).
 """
 from __future__ import annotations
 
@@ -111,19 +118,75 @@ def chunked_sigmoid_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, 
   return fn(zimg, ztxt, jnp.asarray(t_prime, jnp.float32), jnp.asarray(bias, jnp.float32))
 
 
+def group_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, *, set_size: int,
+               loss: LossFn = sigmoid_loss) -> Array:
+  """loss.scope='group': `loss` over each group of set_size consecutive pairs alone, averaged over groups.
+
+  Pair i is scored only against the texts of its own group (a block-diagonal [N, N] pattern); logits held:
+  [N / set_size, set_size, set_size].
+  """
+  if zimg.ndim != 2 or zimg.shape != ztxt.shape or zimg.shape[0] % set_size:
+    raise ValueError(
+        f"group loss: zimg and ztxt must both be [N, D] with N divisible by set_size={set_size}; got "
+        f"{tuple(zimg.shape)} and {tuple(ztxt.shape)}")
+  shape = (zimg.shape[0] // set_size, set_size, zimg.shape[1])
+  per_group = jax.vmap(lambda zi, zt: loss(zi, zt, t_prime, bias))(zimg.reshape(shape), ztxt.reshape(shape))
+  return jnp.mean(per_group)
+
+
+def chunked_group_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, *, set_size: int, mesh: Mesh,
+                       loss: LossFn = sigmoid_loss, axes: tuple[str, ...] = ("data", "fsdp")) -> Array:
+  """group_loss with each device scoring only its own rows' groups (no ring: a group never spans devices).
+
+  Exact when each device's N / n rows are whole groups (config.validate ensures it); otherwise a ValueError.
+  """
+  n = 1
+  for a in axes:
+    n *= mesh.shape[a]
+  if zimg.ndim != 2 or zimg.shape != ztxt.shape or zimg.shape[0] % (n * set_size):
+    raise ValueError(
+        f"chunked group loss: zimg and ztxt must both be [N, D] with N divisible by {n} devices x "
+        f"set_size={set_size}, so no group spans two devices; got {tuple(zimg.shape)} and {tuple(ztxt.shape)}")
+  groups = zimg.shape[0] // set_size
+
+  def local(zi, zt, t, b):
+    local_groups = zi.shape[0] // set_size
+    return jax.lax.psum(group_loss(zi, zt, t, b, set_size=set_size, loss=loss) * local_groups, axes) / groups
+
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())
+  return fn(zimg, ztxt, jnp.asarray(t_prime, jnp.float32), jnp.asarray(bias, jnp.float32))
+
+
 LOSSES: dict[str, LossFn] = {
     "sigmoid": sigmoid_loss,
     "softmax": softmax_clip_loss,
 }
 
 
-def get_loss(name: str, chunked: bool = False, mesh: Optional[Mesh] = None) -> LossFn:
+SCOPES = ("batch", "group")  # config.loss.scope: which pairs are scored (module docstring)
+
+
+def get_loss(name: str, chunked: bool = False, mesh: Optional[Mesh] = None, scope: str = "batch",
+             set_size: Optional[int] = None) -> LossFn:
   """The loss called `name` (config.loss.name); every loss is `fn(zimg, ztxt, t_prime, bias) -> scalar`.
 
-  chunked=True (config.loss.chunked) selects the ring form of the sigmoid loss over `mesh`.
+  chunked=True (config.loss.chunked) selects the ring form of the sigmoid loss over `mesh`; scope='group'
+  (config.loss.scope) scores each group of `set_size` pairs alone (with chunked=True: per device, no ring).
   """
   if name not in LOSSES:
     raise ValueError(f"loss name={name!r} is unknown; known: {', '.join(sorted(LOSSES))}")
+  if scope not in SCOPES:
+    raise ValueError(f"loss scope={scope!r} is unknown; known: {', '.join(SCOPES)}")
+  if scope == "group":
+    if not set_size or set_size < 1:
+      raise ValueError(f"loss scope='group' needs the model's set_size (a positive int); got {set_size!r}")
+    if chunked and name != "sigmoid":
+      raise ValueError(f"config.loss.chunked=true needs config.loss.name='sigmoid'; got {name!r}")
+    if chunked and mesh is None:
+      raise ValueError("the chunked group loss needs the device mesh")
+    if chunked:
+      return functools.partial(chunked_group_loss, set_size=set_size, mesh=mesh, loss=LOSSES[name])
+    return functools.partial(group_loss, set_size=set_size, loss=LOSSES[name])
   if not chunked:
     return LOSSES[name]
   if name != "sigmoid":

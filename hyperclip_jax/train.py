@@ -44,8 +44,10 @@ State = dict[str, Any]
 def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformation, loss_name: str,
                     schedule: Callable[[Any], Any], *, mesh: jax.sharding.Mesh | None = None,
                     chunked_loss: bool = False, accum_steps: int = 1, guard_nonfinite: bool = False,
-                    keep_on_nonfinite: bool = False, pixel_affine: pixels.PixelAffine = pixels.DEFAULT) -> Callable[[State, dict[str, jax.Array], jax.Array], tuple[State, dict[str, jax.Array]]]:
-  """The pure train step: forward all three parts, loss over all B x B pairs, one optax update.
+                    keep_on_nonfinite: bool = False, pixel_affine: pixels.PixelAffine = pixels.DEFAULT,
+                    loss_scope: str = "batch") -> Callable[[State, dict[str, jax.Array], jax.Array], tuple[State, dict[str, jax.Array]]]:
+  """The pure train step: forward all three parts, loss over all B x B pairs (loss_scope='batch') or each
+  group's set_size x set_size block ('group', losses.group_loss), one optax update.
 
   chunked_loss: the ring form of the sigmoid loss over `mesh`; accum_steps > 1: GradCache micro-batches
   (same loss and gradients as the full batch, see accumulate.py). guard_nonfinite: the step returns a third
@@ -56,7 +58,8 @@ def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformatio
   it never saves the bad state. pixel_affine: turns uint8 batch images into model inputs (data/pixels.py);
   float32 images pass through.
   """
-  loss_fn = losses.get_loss(loss_name, chunked=chunked_loss, mesh=mesh)  # softmax-CLIP ignores the bias
+  loss_fn = losses.get_loss(loss_name, chunked=chunked_loss, mesh=mesh, scope=loss_scope,
+                            set_size=model.set_size)  # softmax-CLIP ignores the bias
   loss_and_grads = accumulate.make_loss_and_grads(model, loss_fn, accum_steps, mesh)
 
   def step_fn(state: State, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[State, dict[str, jax.Array]]:
@@ -198,7 +201,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
   repl = sharding.replicated(mesh)
   step_fn = make_train_step(model, tx, config.loss.name, schedule, mesh=mesh, chunked_loss=config.loss.chunked,
                             accum_steps=config.accum_steps, guard_nonfinite=True,
-                            keep_on_nonfinite=config.skip_nonfinite_steps, pixel_affine=pixel_affine)
+                            keep_on_nonfinite=config.skip_nonfinite_steps, pixel_affine=pixel_affine,
+                            loss_scope=config.loss.get("scope", "batch"))
   train_step = jax.jit(step_fn, donate_argnums=(0,),
                        out_shardings=(jax.tree.map(lambda x: x.sharding, state), repl, repl))
   param_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state["params"])]

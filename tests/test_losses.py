@@ -120,3 +120,53 @@ def test_get_loss_registry_and_unknown_name():
 def test_mismatched_shapes_are_rejected():
   with pytest.raises(ValueError, match=r"same shape"):
     losses.sigmoid_loss(jnp.zeros((4, 8)), jnp.zeros((3, 8)), 1.0, 0.0)
+
+
+def _by_hand_group_loss(zimg, ztxt, t_prime, bias, set_size, fn):
+  """The per-group dense loss written out: a loop over the groups' [S, S] blocks, averaged over groups."""
+  parts = [fn(zimg[i:i + set_size], ztxt[i:i + set_size], t_prime, bias) for i in range(0, len(zimg), set_size)]
+  return sum(parts) / len(parts)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "softmax"])
+def test_group_scope_equals_per_group_dense_loss_value_and_gradients(name):
+  rng = np.random.default_rng(7)
+  zimg, ztxt = jnp.asarray(_unit_rows(rng, 12, 8)), jnp.asarray(_unit_rows(rng, 12, 8))
+  t, b = jnp.float32(1.2), jnp.float32(-2.0)
+  dense = losses.LOSSES[name]
+  group = losses.get_loss(name, scope="group", set_size=4)
+  by_hand = lambda zi, zt, t, b: _by_hand_group_loss(zi, zt, t, b, 4, dense)
+  want, want_g = jax.value_and_grad(by_hand, argnums=(0, 1, 2, 3))(zimg, ztxt, t, b)
+  got, got_g = jax.jit(jax.value_and_grad(group, argnums=(0, 1, 2, 3)))(zimg, ztxt, t, b)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+  for g, w in zip(got_g, want_g):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-7)
+  # numpy: the sigmoid terms summed over the three blocks / N, the softmax mean over groups
+  ref = _np_sigmoid_loss if name == "sigmoid" else lambda zi, zt, t, b: _np_softmax_loss(zi, zt, t)
+  zi, zt = np.asarray(zimg), np.asarray(ztxt)
+  np.testing.assert_allclose(float(got), np.mean([ref(zi[i:i + 4], zt[i:i + 4], 1.2, -2.0) for i in (0, 4, 8)]),
+                             rtol=1e-5)
+  # the cross-group pairs are not scored: moving one group's texts far from the other groups' images is free
+  assert abs(float(got) - float(dense(zimg, ztxt, t, b))) > 1e-3
+
+
+def test_group_scope_ignores_other_groups_texts():
+  rng = np.random.default_rng(8)
+  zimg, ztxt = _unit_rows(rng, 8, 8), _unit_rows(rng, 8, 8)
+  group = losses.get_loss("sigmoid", scope="group", set_size=4)
+  swapped = ztxt.copy()
+  swapped[4:] = _unit_rows(rng, 4, 8)  # group 1's texts change: the loss moves by group 1's change alone
+  a = float(group(jnp.asarray(zimg), jnp.asarray(ztxt), 1.0, -1.0))
+  c = float(group(jnp.asarray(zimg), jnp.asarray(swapped), 1.0, -1.0))
+  g1 = lambda zt: float(losses.sigmoid_loss(jnp.asarray(zimg[4:]), jnp.asarray(zt[4:]), 1.0, -1.0))
+  assert abs(g1(swapped) - g1(ztxt)) > 1e-3
+  np.testing.assert_allclose(c - a, (g1(swapped) - g1(ztxt)) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_group_scope_bad_arguments():
+  with pytest.raises(ValueError, match=r"loss scope='pairs' is unknown; known: batch, group"):
+    losses.get_loss("sigmoid", scope="pairs", set_size=4)
+  with pytest.raises(ValueError, match=r"needs the model's set_size"):
+    losses.get_loss("sigmoid", scope="group")
+  with pytest.raises(ValueError, match=r"N divisible by set_size=4"):
+    losses.get_loss("sigmoid", scope="group", set_size=4)(jnp.zeros((6, 8)), jnp.zeros((6, 8)), 0.0, 0.0)

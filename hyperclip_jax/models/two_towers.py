@@ -3,14 +3,17 @@
   siglip     image tower with its own norm params (the baseline)
   hyperclip  hypernet(set of text embeddings) -> per-group norm params of the image tower
   token      hypernet(learned tokens) -> norm params: same extra capacity, no text conditioning
+  linear     hypernet(set of text embeddings) -> per-group rank-r update of the final projection (lowrank.py)
+  conv       hypernet(set of text embeddings) -> per-group rank-r update of the last 1x1 conv (lowrank.py)
 
-Variables: {'params': {'img', 'txt', 'hyper'?, 'tokens'?, 't', 'b'}, 'batch_stats': {'img'}}. The towers are
+Variables: {'params': {'img', 'txt', 'hyper'?, 'tokens'?, 'lowrank'?, 't', 'b'}, 'batch_stats': {'img'}}. The towers are
 linen modules applied one after the other (not nested) so that the generated norm params travel as the image
 tower's 'generated' collection, exactly the structure `jax.eval_shape` of its init reports.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -23,6 +26,7 @@ from hyperclip_jax import models
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import hypernet as hypernet_lib
 from hyperclip_jax.models import layers
+from hyperclip_jax.models import lowrank as lowrank_lib
 from hyperclip_jax.models import text as text_lib
 
 Array = jax.Array
@@ -56,6 +60,8 @@ class TwoTowers:
   max_len: int
   t_init: float = math.log(10.0)
   b_init: float = -10.0
+  lowrank: lowrank_lib.Target | None = None  # linear / conv: the layer the generated update goes to
+  hyper_rank: int = 32  # linear / conv: the rank r of that update
 
   # ---- init ------------------------------------------------------------------------------------------------
   def generated_template(self) -> Any:
@@ -80,6 +86,8 @@ class TwoTowers:
       params["hyper"] = self.hyper.init(r_hyp, z)["params"]
     if self.variant == "token":
       params["tokens"] = l2_normalize(jax.random.normal(r_tok, (self.set_size, self.embed_dim), jnp.float32))
+    if self.lowrank is not None:
+      params["lowrank"] = {"v0": lowrank_lib.init_v0(r_tok, self.lowrank, self.hyper_rank)}
     # ViTs have only LayerNorms: no running statistics, an empty batch_stats collection.
     return {"params": params, "batch_stats": {"img": img_vars.get("batch_stats", {})}}
 
@@ -96,6 +104,7 @@ class TwoTowers:
     """ztxt_groups [G, S, D] (sets of text embeddings) -> norm-param tree with leaves [G, C]; None for siglip.
 
     The token variant ignores the texts and reads its learned tokens: its leaves are [1, C] (one set for all).
+    linear / conv: the low-rank update's factors {u [G, Cin, r], v [G, Cout, r]} (lowrank.factors).
     """
     if self.variant == "siglip":
       return None
@@ -103,12 +112,18 @@ class TwoTowers:
       return self.hyper.apply({"params": params["hyper"]}, params["tokens"][None])
     if ztxt_groups.ndim != 3 or ztxt_groups.shape[1] == 0:
       raise ValueError(f"generate expects a non-empty set of text embeddings [G, S, D]; got {ztxt_groups.shape}")
-    return self.hyper.apply({"params": params["hyper"]}, ztxt_groups, mask)
+    generated = self.hyper.apply({"params": params["hyper"]}, ztxt_groups, mask)
+    if self.lowrank is not None:
+      return lowrank_lib.factors(generated, params["lowrank"]["v0"])
+    return generated
 
   def generate_mean(self, params: Params, ztxt_groups: Array) -> Any | None:
     """generate() averaged over the G sets: one norm-param tree with leaves [1, C] for every image (test-time
-    conditioning on several sets at once); None for siglip."""
+    conditioning on several sets at once); None for siglip. linear / conv: the mean of the G updates U Vᵀ, as
+    one update of rank G·r."""
     generated = self.generate(params, ztxt_groups)
+    if self.lowrank is not None:
+      return lowrank_lib.mean_factors(generated)
     return None if generated is None else jax.tree.map(lambda leaf: leaf.mean(0, keepdims=True), generated)
 
   def encode_image(self, params: Params, batch_stats: Any, images: Array, generated: Any | None = None,
@@ -119,15 +134,28 @@ class TwoTowers:
     own norm affine. Returns zimg with the images' leading shape ([B, D] or [G, S, D]).
     """
     variables = {"params": params["img"], "batch_stats": batch_stats["img"]}
-    if generated is not None:
+    apply = self.image.apply
+    if generated is not None and self.lowrank is not None:
+      apply = functools.partial(lowrank_lib.apply, self.image, fac=generated, target=self.lowrank)
+    elif generated is not None:
       variables[layers.GENERATED] = generated
     rngs = {"dropout": rng} if rng is not None else {}
     if train:
-      z, updates = self.image.apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])
+      z, updates = apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])
       batch_stats = {"img": updates.get("batch_stats", {})}
     else:
-      z = self.image.apply(variables, images, train=False)
+      z = apply(variables, images, train=False)
     return l2_normalize(z), batch_stats
+
+  def static_image_variables(self, params: Params, batch_stats: Any, generated: Any | None) -> dict[str, Any]:
+    """The image tower's eval variables for one generated set (leaves [1, ...]), as models/fold.py folds them:
+    norm variants carry it as the 'generated' collection, linear / conv bake U Vᵀ into the target kernel."""
+    variables = {"params": params["img"], "batch_stats": batch_stats["img"]}
+    if generated is not None and self.lowrank is not None:
+      variables["params"] = lowrank_lib.fold_into(params["img"], generated, self.lowrank)
+    elif generated is not None:
+      variables[layers.GENERATED] = generated
+    return variables
 
   # ---- the training forward --------------------------------------------------------------------------------
   def __call__(self, params: Params, batch_stats: Any, images: Array, tokens: Array, train: bool = True,
@@ -170,7 +198,13 @@ def build_model(config: ml_collections.ConfigDict) -> TwoTowers:
                  image_size=config.data.image_size, max_len=config.data.max_len,
                  t_init=m.t_init, b_init=m.b_init)
   if m.variant != "siglip":
+    template = tt.generated_template()
+    if m.variant in lowrank_lib.VARIANTS:
+      rank = m.get("hyper_rank", 32)
+      target = lowrank_lib.find_target(image, m.variant, config.data.image_size)
+      tt = dataclasses.replace(tt, lowrank=target, hyper_rank=rank)
+      template = lowrank_lib.template(target, rank)
     hyper_kw = {k: v for k, v in m.hyper.to_dict().items() if k != "set_size"}
-    hyper = hypernet_lib.HyperNetwork.for_template(tt.generated_template(), dtype=jnp.dtype(m.dtype), **hyper_kw)
+    hyper = hypernet_lib.HyperNetwork.for_template(template, dtype=jnp.dtype(m.dtype), **hyper_kw)
     tt = dataclasses.replace(tt, hyper=hyper)
   return tt

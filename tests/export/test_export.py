@@ -61,7 +61,9 @@ def test_trained_hyperclip_export_matches_unfolded_logits(trained_run, exported)
 
 @pytest.mark.parametrize("variant,encoder", [("hyperclip", "efficientnet_b0"), ("siglip", "efficientnet_b0"),
                                              ("hyperclip", "mobilenetv3_small_100"),
-                                             ("hyperclip", "vit_tiny_patch16_224")])
+                                             ("hyperclip", "vit_tiny_patch16_224"),
+                                             ("linear", "efficientnet_b0"), ("conv", "efficientnet_b0"),
+                                             ("conv", "mobilenetv3_small_100")])
 def test_export_matches_unfolded_logits(tmp_path, variant, encoder):
   workdir = make_run(tmp_path / "run", variant, encoder)
   _export(workdir, tmp_path / "clf", "demo:shape")

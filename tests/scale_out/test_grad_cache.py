@@ -11,9 +11,9 @@ from hyperclip_jax import sharding
 import scale_helpers as h
 
 
-def _loss_grads_stats(config, mesh, accum_steps, chunked=False):
+def _loss_grads_stats(config, mesh, accum_steps, chunked=False, scope="batch"):
   model, _, _, state = h.setup(config, mesh)
-  loss_fn = losses.get_loss("sigmoid", chunked=chunked, mesh=mesh)
+  loss_fn = losses.get_loss("sigmoid", chunked=chunked, mesh=mesh, scope=scope, set_size=model.set_size)
   fn = jax.jit(accumulate.make_loss_and_grads(model, loss_fn, accum_steps, mesh))
   batch = sharding.put_batch(h.fixed_batch(config), mesh)
   loss, grads, stats, _, _ = fn(state["params"], state["batch_stats"], batch, jax.random.PRNGKey(3))
@@ -34,6 +34,21 @@ def test_grad_cache_equals_full_batch(variant):
   h.assert_trees_close(grads_k, grads, rtol=1e-3, atol=3e-4 * scale)
   h.assert_trees_close(stats_k, stats, rtol=1e-5, atol=1e-6)
   assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads["hyper"]))  # the hypernet path is exercised
+
+
+def test_grad_cache_with_group_scope_equals_full_batch():
+  # loss.scope='group' through GradCache (with the per-device chunked group loss) vs the full batch (dense)
+  config = h.tiny_config("hyperclip")
+  mesh = h.mesh_of(2, 1, jax.devices()[:2])
+  loss, grads, stats = _loss_grads_stats(config, mesh, 1, scope="group")
+  loss_k, grads_k, stats_k = _loss_grads_stats(config, mesh, 4, chunked=True, scope="group")
+  loss_b, _, _ = _loss_grads_stats(config, mesh, 1)
+  assert abs(float(loss_b) - float(loss)) > 1e-3  # group scope scores fewer pairs than the batch scope
+  np.testing.assert_allclose(loss_k, loss, rtol=1e-5)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads))
+  h.assert_trees_close(grads_k, grads, rtol=1e-3, atol=3e-4 * scale)
+  h.assert_trees_close(stats_k, stats, rtol=1e-5, atol=1e-6)
+  assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads["hyper"]))
 
 
 def test_split_merge_keep_each_shards_rows_and_order():
