@@ -37,6 +37,7 @@ from hyperclip_jax import config as config_lib
 from hyperclip_jax import losses
 from hyperclip_jax import optim
 from hyperclip_jax import sharding
+from hyperclip_jax import state as state_lib
 from hyperclip_jax import train
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
@@ -113,7 +114,7 @@ class OurStep:
     rng = jax.random.PRNGKey(config.seed)
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps,
                                         jax.eval_shape(self.model.init, rng)["params"])
-    self.state = train.init_state(self.model, tx, rng, mesh)
+    self.state = state_lib.init_state(self.model, tx, rng, mesh)
     repl = sharding.replicated(mesh)
     step = train.make_train_step(self.model, tx, config.loss.name, schedule)
     spec = peer_spec(config)
