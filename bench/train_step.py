@@ -25,6 +25,7 @@ import jax
 import figures  # bench/ is the script's directory, so on sys.path
 
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import validation
 from hyperclip_jax import optim
 from hyperclip_jax import sharding
 from hyperclip_jax import state as state_lib
@@ -50,7 +51,7 @@ def _setup(config, variant):
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.model.variant = variant
-  config_lib.validate(cfg, jax.device_count())
+  validation.validate(cfg, jax.device_count())
   mesh = sharding.make_mesh(cfg.mesh)
   model = two_towers.build_model(cfg)
   rng = jax.random.PRNGKey(cfg.seed)

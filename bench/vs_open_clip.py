@@ -34,6 +34,7 @@ import figures  # bench/ is the script's directory, so on sys.path
 import peer_client
 
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import validation
 from hyperclip_jax import losses
 from hyperclip_jax import optim
 from hyperclip_jax import sharding
@@ -74,7 +75,7 @@ def make_config(encoder: str, image_size: int, batch: int, variant: str, text: s
     config.batch_size = batch
     if conv_impl is not None and config.model.get("conv_impl") is not None:
       config.model.conv_impl = conv_impl
-  config_lib.validate(config, jax.device_count())
+  validation.validate(config, jax.device_count())
   return config
 
 

@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from hyperclip_jax import accumulate
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import validation
 from hyperclip_jax import distributed
 from hyperclip_jax import evaluators
 from hyperclip_jax import guards
@@ -118,7 +119,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.ExitStack) -> dict[str, Any]:
   dist_settings = distributed.initialize(config.distributed)  # before anything touches a device
   distributed.check_local_devices(config.distributed.allow_fewer_devices)
-  config_lib.validate(config, jax.device_count())
+  validation.validate(config, jax.device_count())
   is_main = jax.process_index() == 0
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
