@@ -1,7 +1,7 @@
 """The train state: {'step', 'params', 'opt_state', 'batch_stats'}, placed on the mesh by the partition rules.
 
 The trainer creates it (`init_state`) or restores it onto `abstract_state`, the restore target that costs no
-init; hyperclip-eval and hyperclip-export restore checkpoints onto the same layout (workdir.load_run).
+init; hyperclip-eval and hyperclip-export restore checkpoints onto the same layout (`restore_target`).
 """
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from hyperclip_jax import sharding
+from hyperclip_jax import optim, sharding
 from hyperclip_jax.models import two_towers
 
 State = dict[str, Any]
@@ -41,3 +42,12 @@ def init_state(model: two_towers.TwoTowers, tx: optax.GradientTransformation, rn
     return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
             "opt_state": tx.init(variables["params"]), "batch_stats": variables["batch_stats"]}
   return jax.jit(make, out_shardings=jax.tree.map(lambda x: x.sharding, abstract))(rng)
+
+
+def restore_target(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> State:
+  """The abstract train state of `config`'s model and optimizer, parameters replicated: what a checkpoint is
+  restored onto for evaluation and export (shapes only: no init runs)."""
+  model = two_towers.build_model(config)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  tx, _ = optim.make_optimizer(config.optim, config.total_steps, variables["params"])
+  return abstract_state(variables, tx, mesh)
