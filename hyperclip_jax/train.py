@@ -24,7 +24,6 @@ from jax.experimental import multihost_utils
 from hyperclip_jax import accumulate
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import validation
 from hyperclip_jax import distributed
 from hyperclip_jax import evaluators
 from hyperclip_jax import guards
@@ -34,6 +33,7 @@ from hyperclip_jax import optim
 from hyperclip_jax import perf
 from hyperclip_jax import sharding
 from hyperclip_jax import state as state_lib
+from hyperclip_jax import validation
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.data import input_pipeline
 from hyperclip_jax.data import pixels
