@@ -13,9 +13,10 @@ PACKAGE = "hyperclip_jax"
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SRC = os.path.join(ROOT, PACKAGE)
 LIBRARIES = (f"{PACKAGE}.models", f"{PACKAGE}.data")
-# Applications besides the console entry points (setup.py): they sit on top and nothing in a library imports them.
+# Applications besides the console entry points (setup.py), and the layers built on the libraries for them (the
+# train state, config validation): nothing in a library imports them.
 APPLICATIONS = (f"{PACKAGE}.train", f"{PACKAGE}.evaluate", f"{PACKAGE}.evaluators", f"{PACKAGE}.export",
-                f"{PACKAGE}.predict")
+                f"{PACKAGE}.predict", f"{PACKAGE}.state", f"{PACKAGE}.validation")
 # Imports allowed inside functions: heavy optional dependencies that only some runs install (not in
 # requirements.txt; gcsfs is loaded by fsspec, never imported by name).
 LOCAL_OK = {"tensorflow_datasets", "gcsfs"}
