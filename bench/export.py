@@ -37,7 +37,7 @@ from hyperclip_jax import config as config_lib
 from hyperclip_jax import export
 from hyperclip_jax import optim
 from hyperclip_jax import sharding
-from hyperclip_jax import train
+from hyperclip_jax import state as state_lib
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.evaluators import classnames
 from hyperclip_jax.models import two_towers
@@ -68,7 +68,7 @@ def _write_run(config, workdir: str) -> str:
   model = two_towers.build_model(config)
   rng = jax.random.PRNGKey(config.seed)
   tx, _ = optim.make_optimizer(config.optim, config.total_steps, jax.eval_shape(model.init, rng)["params"])
-  state = train.init_state(model, tx, rng, sharding.make_mesh(config.mesh))
+  state = state_lib.init_state(model, tx, rng, sharding.make_mesh(config.mesh))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config_lib.to_json(config))

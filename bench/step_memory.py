@@ -28,6 +28,7 @@ import figures  # bench/ is the script's directory, so on sys.path
 
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import optim, sharding, train
+from hyperclip_jax import state as state_lib
 from hyperclip_jax.data import pixels
 from hyperclip_jax.models import two_towers
 
@@ -46,7 +47,7 @@ def measure(config, per_device: int) -> dict:
   rng = jax.random.PRNGKey(0)
   variables = jax.eval_shape(model.init, rng)
   tx, schedule = optim.make_optimizer(cfg.optim, cfg.total_steps, variables["params"])
-  state = train.abstract_state(variables, tx, mesh)
+  state = state_lib.abstract_state(variables, tx, mesh)
   size = cfg.data.image_size
   batch_sharding = sharding.batch_sharding(mesh)
   batch = {"image": jax.ShapeDtypeStruct((per_device, size, size, 3), jnp.uint8, sharding=batch_sharding),

@@ -25,8 +25,10 @@ import jax
 import figures  # bench/ is the script's directory, so on sys.path
 
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import validation
 from hyperclip_jax import optim
 from hyperclip_jax import sharding
+from hyperclip_jax import state as state_lib
 from hyperclip_jax import train
 from hyperclip_jax.data import input_pipeline
 from hyperclip_jax.data import tokenizers
@@ -49,12 +51,12 @@ def _setup(config, variant):
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.model.variant = variant
-  config_lib.validate(cfg, jax.device_count())
+  validation.validate(cfg, jax.device_count())
   mesh = sharding.make_mesh(cfg.mesh)
   model = two_towers.build_model(cfg)
   rng = jax.random.PRNGKey(cfg.seed)
   tx, schedule = optim.make_optimizer(cfg.optim, cfg.total_steps, jax.eval_shape(model.init, rng)["params"])
-  state = train.init_state(model, tx, rng, mesh)
+  state = state_lib.init_state(model, tx, rng, mesh)
   repl = sharding.replicated(mesh)
   step_fn = jax.jit(train.make_train_step(model, tx, cfg.loss.name, schedule), donate_argnums=(0,),
                     out_shardings=(repl, repl))

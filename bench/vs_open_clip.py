@@ -34,9 +34,11 @@ import figures  # bench/ is the script's directory, so on sys.path
 import peer_client
 
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import validation
 from hyperclip_jax import losses
 from hyperclip_jax import optim
 from hyperclip_jax import sharding
+from hyperclip_jax import state as state_lib
 from hyperclip_jax import train
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
@@ -73,7 +75,7 @@ def make_config(encoder: str, image_size: int, batch: int, variant: str, text: s
     config.batch_size = batch
     if conv_impl is not None and config.model.get("conv_impl") is not None:
       config.model.conv_impl = conv_impl
-  config_lib.validate(config, jax.device_count())
+  validation.validate(config, jax.device_count())
   return config
 
 
@@ -113,7 +115,7 @@ class OurStep:
     rng = jax.random.PRNGKey(config.seed)
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps,
                                         jax.eval_shape(self.model.init, rng)["params"])
-    self.state = train.init_state(self.model, tx, rng, mesh)
+    self.state = state_lib.init_state(self.model, tx, rng, mesh)
     repl = sharding.replicated(mesh)
     step = train.make_train_step(self.model, tx, config.loss.name, schedule)
     spec = peer_spec(config)

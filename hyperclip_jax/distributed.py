@@ -27,6 +27,7 @@ import re
 from typing import Any
 
 import jax
+from jax._src import distributed as jax_distributed  # barrier(): no public equivalent in jax 0.10
 
 from hyperclip_jax.config import ConfigError
 
@@ -189,5 +190,4 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
   """
   if jax.process_count() == 1:
     return
-  from jax._src import distributed as jax_distributed  # no public equivalent in jax 0.10
   jax_distributed.global_state.client.wait_at_barrier(f"hyperclip_{name}", timeout_s * 1000)

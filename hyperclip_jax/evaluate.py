@@ -21,7 +21,10 @@ import jax
 import ml_collections
 
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import evaluators, sharding, validation
 from hyperclip_jax import workdir as workdir_lib
+from hyperclip_jax.data import tokenizers
+from hyperclip_jax.models import two_towers
 
 
 def add_demo_evals(config: Any, retrieval_pairs: int = 0, probe_train: int = 0) -> None:
@@ -39,9 +42,6 @@ def add_demo_evals(config: Any, retrieval_pairs: int = 0, probe_train: int = 0) 
 def evaluate(workdir: str, config: Any | None = None, step: int | None = None) -> tuple[int, dict[str, Any]]:
   """-> (step, results) for checkpoint `step` (default: the newest) under every evaluator of config.evals
   (default config: the workdir's own); results as in final_eval.json (evaluators.Evaluators.run)."""
-  from hyperclip_jax import evaluators, sharding  # late: --help stays fast
-  from hyperclip_jax.data import tokenizers
-  from hyperclip_jax.models import two_towers
   config = config if config is not None else workdir_lib.read_config(workdir)
   try:  # the evaluators first: a bad evaluator config stops before any restore
     mesh = sharding.make_mesh(config.mesh)
@@ -56,7 +56,6 @@ def evaluate(workdir: str, config: Any | None = None, step: int | None = None) -
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  from hyperclip_jax import evaluators
   try:
     rest, overrides = config_lib.split_overrides(argv)
     parser = argparse.ArgumentParser(prog="hyperclip-eval", description=__doc__.split("\n\n")[0])
@@ -71,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in overrides:
       config_lib.apply_override(config, key, value)
     add_demo_evals(config, args.retrieval_pairs, args.linear_probe_train)
-    config_lib.validate(config, jax.device_count())
+    validation.validate(config, jax.device_count())
     step, results = evaluate(args.workdir, config, args.step)
   except (config_lib.ConfigError, workdir_lib.RunError) as e:
     print(f"hyperclip-eval: error: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ import uuid
 from typing import Any, Mapping
 
 import numpy as np
+from tensorboardX import SummaryWriter  # protobuf only, no TensorFlow
 
 from hyperclip_jax import storage
 
@@ -59,7 +60,6 @@ class MetricWriter:
     self._local = local
     self._file = open(os.path.join(local, "metrics.jsonl"), "a", encoding="utf-8")
     if tensorboard:
-      from tensorboardX import SummaryWriter  # light: protobuf only, no TensorFlow
       # on a store, a unique suffix: event files are named by the second, and a rerun within it must not
       # replace the previous run's uploaded file
       suffix = f".{uuid.uuid4().hex[:8]}" if self._remote is not None else ""

@@ -4,7 +4,7 @@ global-norm clipping, and per-parameter regex rules for weight decay, lr multipl
 Regex rules have one semantics across the project (big_vision's): a parameter is named by its path with
 keys joined by '/' (`img/stem/conv/kernel`), a rule list is `[(regex, value), ...]`, the regex must match
 the whole path (`re.fullmatch`), the first matching rule wins, and every parameter must be matched by some
-rule. `param_paths` and `match_rules` implement it; sharding rules reuse them.
+rule. rules.py implements it; sharding rules use the same.
 
 The update of a trainable parameter p with gradient g at step s is
 
@@ -39,7 +39,6 @@ Config keys (`default_config()` holds the defaults, the DataComp/OpenCLIP AdamW 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -47,8 +46,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from hyperclip_jax import rules
+
 Schedule = Callable[[Any], Any]  # step (int or int array) -> lr (float32 scalar)
-Rules = Sequence[tuple[str, Any]]
 
 OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("cosine", "constant", "linear", "rsqrt")
@@ -85,59 +85,6 @@ def default_config() -> ml_collections.ConfigDict:
           "eps": 1e-30,
       },
   })
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Regex rules.
-
-
-def _key_str(key: Any) -> str:
-  for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def param_paths(tree: Any) -> Any:
-  """The tree of '/'-joined key paths of `tree`'s leaves, e.g. {'img': {'conv': {'kernel': 'img/conv/kernel'}}}.
-
-  Works on arrays and abstract leaves (jax.ShapeDtypeStruct) alike.
-  """
-  return jax.tree_util.tree_map_with_path(lambda kp, _: "/".join(_key_str(k) for k in kp), tree)
-
-
-def _compile_rules(rules: Any, what: str) -> list[tuple[re.Pattern, Any]]:
-  if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
-    raise ValueError(f"{what} must be a list of (regex, value) pairs; got {rules!r}")
-  compiled = []
-  for rule in rules:
-    if isinstance(rule, (str, bytes)) or not isinstance(rule, Sequence) or len(rule) != 2:
-      raise ValueError(f"{what}: each rule must be a (regex, value) pair; got {rule!r}")
-    pattern, value = rule
-    try:
-      compiled.append((re.compile(pattern), value))
-    except (re.error, TypeError) as e:
-      raise ValueError(f"{what}: {pattern!r} is not a valid regex ({e})") from None
-  return compiled
-
-
-def match_rules(paths: Any, rules: Rules, what: str) -> Any:
-  """Maps each path string in the tree `paths` to the value of the first rule whose regex fullmatches it.
-
-  `what` names the rule list in errors (e.g. 'config.optim.wd_mults'). A path that no rule matches is an
-  error: rule lists must be exhaustive, so add a catch-all ('.*', value) at the end.
-  """
-  compiled = _compile_rules(rules, what)
-
-  def first_match(path: str) -> Any:
-    for pattern, value in compiled:
-      if pattern.fullmatch(path):
-        return value
-    raise ValueError(
-        f"{what}: param {path!r} matches no rule; rules: {[p.pattern for p, _ in compiled]}. "
-        f"Add a rule for it or a catch-all ('.*', value) at the end")
-
-  return jax.tree.map(first_match, paths)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -298,7 +245,7 @@ def _decay_and_multiply(coefs: dict[str, tuple[float, float]], what: str) -> opt
         u = u + wd_coef * p.astype(u.dtype)
       return u * lr_mult if lr_mult != 1.0 else u
 
-    return jax.tree.map(one, param_paths(updates), updates, params), state
+    return jax.tree.map(one, rules.param_paths(updates), updates, params), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -313,18 +260,18 @@ def make_optimizer(optim_cfg: Any, total_steps: int, params: Any, *,
   """
   cfg = _resolve(optim_cfg, what)
   schedule = make_schedule(cfg["schedule"], cfg["lr"], total_steps, what=f"{what}.schedule")
-  paths = param_paths(params)
+  paths = rules.param_paths(params)
   path_list = jax.tree.leaves(paths)
   if not path_list:
     raise ValueError("make_optimizer: params has no leaves")
 
-  frozen_rules = _compile_rules([(f, True) for f in cfg["frozen"]], f"{what}.frozen")
+  frozen_rules = rules.compile_rules([(f, True) for f in cfg["frozen"]], f"{what}.frozen")
   for pattern, _ in frozen_rules:
     if not any(pattern.fullmatch(p) for p in path_list):
       raise ValueError(f"{what}.frozen: {pattern.pattern!r} matches no param; e.g. {path_list[:3]}")
   is_frozen = {p: any(r.fullmatch(p) for r, _ in frozen_rules) for p in path_list}
-  lr_mults = dict(zip(path_list, jax.tree.leaves(match_rules(paths, cfg["lr_mults"], f"{what}.lr_mults"))))
-  wd_mults = dict(zip(path_list, jax.tree.leaves(match_rules(paths, cfg["wd_mults"], f"{what}.wd_mults"))))
+  lr_mults = dict(zip(path_list, jax.tree.leaves(rules.match_rules(paths, cfg["lr_mults"], f"{what}.lr_mults"))))
+  wd_mults = dict(zip(path_list, jax.tree.leaves(rules.match_rules(paths, cfg["wd_mults"], f"{what}.wd_mults"))))
   for key, mults in (("lr_mults", lr_mults), ("wd_mults", wd_mults)):
     for p, m in mults.items():
       if isinstance(m, bool) or not isinstance(m, (int, float)) or m < 0:
@@ -338,7 +285,7 @@ def make_optimizer(optim_cfg: Any, total_steps: int, params: Any, *,
       else direction
 
   def labels(tree):
-    return jax.tree.map(lambda p: "frozen" if is_frozen.get(p, False) else "train", param_paths(tree))
+    return jax.tree.map(lambda p: "frozen" if is_frozen.get(p, False) else "train", rules.param_paths(tree))
 
   tx = optax.chain(
       optax.multi_transform({"train": trainable, "frozen": optax.set_to_zero()}, labels),

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from hyperclip_jax import rules as rules_lib
 from hyperclip_jax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp")
@@ -75,9 +76,8 @@ def _spec_for(shape: tuple[int, ...], rule: str, mesh: Mesh) -> P:
 
 def param_specs(params: Any, rules: Any, mesh: Mesh, what: str = "config.mesh.param_rules") -> Any:
   """Tree of PartitionSpecs for `params` (concrete or abstract) by the regex partition rules."""
-  from hyperclip_jax import optim  # late: the one implementation of the rule semantics
   try:
-    rule_tree = optim.match_rules(optim.param_paths(params), list(rules), what)
+    rule_tree = rules_lib.match_rules(rules_lib.param_paths(params), list(rules), what)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   for rule in jax.tree.leaves(rule_tree):
@@ -88,9 +88,8 @@ def param_specs(params: Any, rules: Any, mesh: Mesh, what: str = "config.mesh.pa
 
 def _opt_specs(opt_state: Any, params: Any, specs: Any, rules: Any, mesh: Mesh) -> Any:
   """Specs for optimizer state: a leaf whose path ends with a param's path follows that param's rule."""
-  from hyperclip_jax import optim
   keyed = {}  # param keystr -> (shape, spec, rule)
-  rule_tree = optim.match_rules(optim.param_paths(params), list(rules), "config.mesh.param_rules")
+  rule_tree = rules_lib.match_rules(rules_lib.param_paths(params), list(rules), "config.mesh.param_rules")
   for (path, leaf), spec, rule in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(
       specs, is_leaf=lambda x: isinstance(x, P)), jax.tree.leaves(rule_tree)):
     keyed[jax.tree_util.keystr(path)] = (tuple(leaf.shape), spec, rule)
@@ -117,9 +116,8 @@ def state_shardings(abstract_state: dict[str, Any], rules: Any, mesh: Mesh) -> d
 
 def format_param_table(params: Any) -> str:
   """One line per parameter: path, shape, partition spec and bytes per device, plus a total."""
-  from hyperclip_jax import optim
   rows, total, per_device = [], 0, 0
-  for path, leaf in zip(jax.tree.leaves(optim.param_paths(params)), jax.tree.leaves(params)):
+  for path, leaf in zip(jax.tree.leaves(rules_lib.param_paths(params)), jax.tree.leaves(params)):
     spec = leaf.sharding.spec if isinstance(leaf.sharding, NamedSharding) else P()
     nbytes = int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
     shard = leaf.sharding.shard_shape(leaf.shape)

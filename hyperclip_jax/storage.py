@@ -11,6 +11,8 @@ import os
 import shutil
 from typing import Any
 
+import fsspec
+
 # Schemes Orbax can write checkpoints to (etils.epath's URI schemes), and the package each needs.
 CHECKPOINT_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
 
@@ -42,7 +44,6 @@ def join(path: str, *names: str) -> str:
 
 def filesystem(path: str) -> tuple[Any, str]:
   """(fsspec filesystem, path inside it) of a URI; StorageError naming the missing package if it is absent."""
-  import fsspec  # etils[epath] (an Orbax dependency) brings it
   try:
     return fsspec.core.url_to_fs(path)
   except (ImportError, ValueError) as e:

@@ -32,13 +32,15 @@ from hyperclip_jax import metrics as metrics_lib
 from hyperclip_jax import optim
 from hyperclip_jax import perf
 from hyperclip_jax import sharding
+from hyperclip_jax import state as state_lib
+from hyperclip_jax import validation
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.data import input_pipeline
 from hyperclip_jax.data import pixels
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
 
-State = dict[str, Any]
+State = state_lib.State
 
 
 def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformation, loss_name: str,
@@ -86,32 +88,6 @@ def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformatio
   return step_fn
 
 
-def abstract_state(variables: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                   param_rules: Any = ((".*", "replicated"),)) -> State:
-  """The train state's ShapeDtypeStructs, with the shardings init_state gives it, from the shapes of the model's
-  variables (jax.eval_shape(model.init, rng)): a restore target that costs no init (a resumed run never
-  compiles or runs one)."""
-  shapes = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": variables["params"],
-            "opt_state": jax.eval_shape(tx.init, variables["params"]), "batch_stats": variables["batch_stats"]}
-  shardings = sharding.state_shardings(shapes, param_rules, mesh)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
-
-
-def init_state(model: two_towers.TwoTowers, tx: optax.GradientTransformation, rng: jax.Array,
-               mesh: jax.sharding.Mesh, param_rules: Any = ((".*", "replicated"),), abstract: State | None = None
-               ) -> State:
-  """Creates the train state already placed on the mesh by the partition rules (never a bare jit(tx.init): it
-  lands on one device); `abstract`: its abstract_state, where the caller has it."""
-  if abstract is None:
-    abstract = abstract_state(jax.eval_shape(model.init, rng), tx, mesh, param_rules)
-
-  def make(rng):
-    variables = model.init(rng)
-    return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
-            "opt_state": tx.init(variables["params"]), "batch_stats": variables["batch_stats"]}
-  return jax.jit(make, out_shardings=jax.tree.map(lambda x: x.sharding, abstract))(rng)
-
-
 def itstime(step: int, every: int, last: bool = False) -> bool:
   """Whether a periodic action (log, save, evaluate) is due after `step` steps; every = 0: never (but at the
   last step when `last`)."""
@@ -146,7 +122,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.ExitStack) -> dict[str, Any]:
   dist_settings = distributed.initialize(config.distributed)  # before anything touches a device
   distributed.check_local_devices(config.distributed.allow_fewer_devices)
-  config_lib.validate(config, jax.device_count())
+  validation.validate(config, jax.device_count())
   is_main = jax.process_index() == 0
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
@@ -168,7 +144,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints, owner=True)
   cleanup.callback(checkpointer.close)  # an error stops the run only once in-flight saves are finished
   signature = config_lib.model_signature(config)
-  abstract = abstract_state(variables, tx, mesh, config.mesh.param_rules)
+  abstract = state_lib.abstract_state(variables, tx, mesh, config.mesh.param_rules)
   sharding.print_param_table(abstract["params"])
   try:  # e.g. a shard pattern that matches nothing: a config problem, said in one line
     data_iter = input_pipeline.make_train_iterator(
@@ -182,7 +158,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
   restored = checkpointer.restore_latest(abstract, signature, fresh=config.resume == "fresh")
   run_info = {}
   if restored is None:
-    state = init_state(model, tx, init_rng, mesh, config.mesh.param_rules, abstract)
+    state = state_lib.init_state(model, tx, init_rng, mesh, config.mesh.param_rules, abstract)
   else:
     latest, state, data_state, run_info = restored
     try:

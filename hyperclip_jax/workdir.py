@@ -13,12 +13,12 @@ import json
 import os
 from typing import Any
 
-import jax
 import ml_collections
 
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import storage
+from hyperclip_jax import sharding, storage
+from hyperclip_jax import state as state_lib
 
 
 class RunError(ValueError):
@@ -79,8 +79,6 @@ def load_run(workdir: str, step: int | None = None, config: ml_collections.Confi
 
   `config` overrides the workdir's config.json (it must describe the same model).
   """
-  from hyperclip_jax import optim, sharding, train  # late: the trainer's state layout is the checkpoint's
-  from hyperclip_jax.models import two_towers
   config = config if config is not None else read_config(workdir)
   ckpt_dir = storage.join(workdir, "checkpoints")
   if not storage.isdir(ckpt_dir):
@@ -95,12 +93,7 @@ def load_run(workdir: str, step: int | None = None, config: ml_collections.Confi
       raise RunError(f"workdir {workdir!r} has no checkpoint at step {step}; it has steps "
                      f"{', '.join(map(str, sorted(steps)))}")
     checkpointer.check_compatible(step, config_lib.model_signature(config))
-    model = two_towers.build_model(config)
-    mesh = sharding.make_mesh(config.mesh)
-    rng = jax.random.PRNGKey(0)
-    variables = jax.eval_shape(model.init, rng)
-    tx, _ = optim.make_optimizer(config.optim, config.total_steps, variables["params"])
-    abstract = train.abstract_state(variables, tx, mesh)
+    abstract = state_lib.restore_target(config, sharding.make_mesh(config.mesh))
     state, _ = checkpointer.restore(step, abstract)
   except ckpt_lib.CheckpointError as e:
     raise RunError(str(e)) from e

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from hyperclip_jax import optim
+from hyperclip_jax import optim, rules
 
 
 def _params():
@@ -85,14 +85,14 @@ def test_optimizer_follows_the_schedule_from_step_zero():
 
 
 def test_param_paths_join_keys_with_slashes():
-  paths = optim.param_paths({"img": {"blocks": [{"kernel": 0}, {"kernel": 0}]}, "t": jnp.zeros(())})
+  paths = rules.param_paths({"img": {"blocks": [{"kernel": 0}, {"kernel": 0}]}, "t": jnp.zeros(())})
   assert paths == {"img": {"blocks": [{"kernel": "img/blocks/0/kernel"}, {"kernel": "img/blocks/1/kernel"}]},
                    "t": "t"}
 
 
 def test_match_rules_first_match_wins_and_regex_matches_whole_path():
-  paths = optim.param_paths(_params())
-  got = optim.match_rules(paths, [("img/.*/kernel", 3.0), (".*/kernel$", 1.0), ("img", 7.0), (".*", 0.0)], "r")
+  paths = rules.param_paths(_params())
+  got = rules.match_rules(paths, [("img/.*/kernel", 3.0), (".*/kernel$", 1.0), ("img", 7.0), (".*", 0.0)], "r")
   assert got == {"img": {"stem": {"conv": {"kernel": 3.0, "bias": 0.0}}},
                  "txt": {"dense": {"kernel": 1.0, "bias": 0.0}}}
 

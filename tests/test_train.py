@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import state as state_lib
 from hyperclip_jax import train
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py")
@@ -74,7 +75,7 @@ def test_resume_is_bit_exact(full_run, tmp_path, capfd, monkeypatch):
 
   def no_init(*args, **kwargs):
     raise AssertionError("a resumed run initialised a train state")
-  monkeypatch.setattr(train, "init_state", no_init)  # it restores onto the abstract state
+  monkeypatch.setattr(state_lib, "init_state", no_init)  # it restores onto the abstract state
   train.train(_tiny(), resumed)
   assert "resumed from step 3" in capfd.readouterr().err
   assert _last_metrics(resumed)["params_checksum"] == _last_metrics(workdir)["params_checksum"]

@@ -335,12 +335,13 @@ def run_study(mode: Mode, out: str, runs_dir: str, command: str) -> dict[str, An
   """Trains (or reads back) every run of the study in runs_dir/<name> and writes the four outputs to `out`."""
   import jax
   from hyperclip_jax import config as config_lib
+  from hyperclip_jax import validation
   base = make_config(mode, RunSpec("x", "hyperclip", 0))
   specs = study(mode, base.model.hyper.set_size, base.model.image.get("bn_stats", "group"))
   configs = {s.name: make_config(mode, s) for s in specs}
   for name, config in configs.items():  # every run's config is checked before the first one trains
     try:
-      config_lib.validate(config, jax.device_count())
+      validation.validate(config, jax.device_count())
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(f"study run {name}: {e}") from None
   t0 = time.perf_counter()

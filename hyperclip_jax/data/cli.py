@@ -17,7 +17,9 @@ from typing import Sequence
 
 from PIL import Image
 
+from hyperclip_jax.data import shard_tools
 from hyperclip_jax.data.sources.demo import DemoSource, demo_tasks
+from hyperclip_jax.evaluators import classnames  # the shipped lists (ImageNet-1k, CIFAR)
 
 
 def _write_demo(args: argparse.Namespace) -> None:
@@ -44,7 +46,6 @@ def _write_demo(args: argparse.Namespace) -> None:
 
 
 def _class_names(spec: str) -> list[str]:
-  from hyperclip_jax.evaluators import classnames  # the shipped lists (ImageNet-1k, CIFAR)
   if spec in classnames.SHIPPED:
     spec = os.path.join(classnames._DATA, classnames.SHIPPED[spec][0])
   try:
@@ -56,7 +57,6 @@ def _class_names(spec: str) -> list[str]:
 
 
 def _stats(args: argparse.Namespace) -> None:
-  from hyperclip_jax.data import shard_tools
   out = shard_tools.stats(args.pattern, args.caption_key, args.tokenizer, args.max_len, args.workers)
   if args.json:
     print(json.dumps(out, sort_keys=True))
@@ -71,7 +71,6 @@ def _stats(args: argparse.Namespace) -> None:
 
 
 def _filter(args: argparse.Namespace) -> None:
-  from hyperclip_jax.data import shard_tools
   out = shard_tools.filter_shards(args.pattern, args.out, _class_names(args.classes), args.caption_key,
                                   args.samples_per_shard, args.workers)
   print(f"kept {out['kept']} of {out['good']} good samples ({out['classes_found']} classes named) in "

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 import grain
 import numpy as np
+from absl import flags as absl_flags
 
 from hyperclip_jax.data import bad_data, pp as pp_lib
 from hyperclip_jax.data.input_pipeline import EVAL_PP
@@ -49,7 +50,6 @@ def sharded_eval_batches(source: Any, image_size: int, batch_size: int, pp: str 
   ds = grain.MapDataset.source(chunks).map(_DecodeItems(source, pp or EVAL_PP.format(size=image_size), image_size))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if worker_count > 0:
-    from absl import flags as absl_flags
     if not absl_flags.FLAGS.is_parsed():  # grain's worker processes read absl flags; use their defaults
       absl_flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2))

@@ -42,9 +42,11 @@ import numpy as np
 
 from hyperclip_jax.data import bad_data
 from hyperclip_jax.data import pixels
+from hyperclip_jax.data import pp as pp_lib
 from hyperclip_jax.data import sources
 from hyperclip_jax.data import streaming
 from hyperclip_jax.data import workers
+from hyperclip_jax.data.sources import webdataset
 from hyperclip_jax.data.sources.demo import ZeroShotTask
 from hyperclip_jax.data.tokenizers import Tokenizer
 
@@ -231,7 +233,6 @@ def make_train_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_siz
 def _make_stream_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_size: int, seed: int,
                           process_index: int, process_count: int, read_options: grain.ReadOptions,
                           mp_options: grain.MultiprocessingOptions | None) -> streaming.StreamIterator:
-  from hyperclip_jax.data.sources import webdataset
   pattern = config_data.get("pattern", "")
   if not pattern:
     raise ValueError("config.data.name='webdataset' needs config.data.pattern, e.g. 'shards/{00000..00099}.tar'")
@@ -311,7 +312,6 @@ def make_source_eval_batches(source: Any, image_size: int, batch_size: int, pp: 
   """(images f32 [b, S, S, 3] in [-1, 1], labels i32 [b]) over a labelled source (e.g. sources.tfds.TfdsSource:
   imagenet2012 validation), in order, the first n_eval items (0 = all). Bad items are skipped and logged
   once per reason; the last batch may be smaller. Use with evaluators' ClassificationTask(batches=...)."""
-  from hyperclip_jax.data import pp as pp_lib
   fn = pp_lib.build(pp or EVAL_PP.format(size=image_size))
   skips, rng = bad_data.SkipLog(), np.random.default_rng(0)
   images, labels = [], []

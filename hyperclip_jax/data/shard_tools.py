@@ -18,6 +18,7 @@ import numpy as np
 from hyperclip_jax.data import bad_data, pp
 from hyperclip_jax.data.bad_data import BadSample
 from hyperclip_jax.data.sources import webdataset
+from hyperclip_jax.data.tokenizers import get_tokenizer
 
 _CHECK = "decode|resize(32)"  # forces a (reduced-size) decode: cheap, and a broken file still fails
 
@@ -39,7 +40,6 @@ def _good_samples(path: str, caption_key: str) -> Iterator[tuple[dict, str] | Ba
 
 def _shard_stats(job: tuple[str, str, str, int]) -> dict[str, Any]:
   path, caption_key, tokenizer_spec, max_len = job
-  from hyperclip_jax.data.tokenizers import get_tokenizer
   tok = get_tokenizer(tokenizer_spec)
   skipped, lengths = bad_data.zero_counts(), []
   for item in _good_samples(path, caption_key):

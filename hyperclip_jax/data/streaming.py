@@ -22,7 +22,9 @@ or skipped; a group resumed that way is read on by one stream as before.
 from typing import Any, Callable, Iterator, Sequence
 
 import grain
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from hyperclip_jax.data import bad_data, pixels, pp as pp_lib
 from hyperclip_jax.data.bad_data import BadSample
@@ -255,10 +257,8 @@ class _HostBatchesIterator(grain.DatasetIterator):
 
 def _allgather_rows(row: np.ndarray, process_count: int) -> list[list[int]] | None:
   """Every host's row (multi-host runs: one collective); None when hosts are only simulated."""
-  import jax
   if jax.process_count() != process_count or process_count == 1:
     return None
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(row.astype(np.int32))).tolist()  # jax's default ints
 
 

@@ -11,12 +11,13 @@ import re
 from typing import Sequence
 
 import numpy as np
+import sentencepiece as spm
+from etils import epath
 
 SHIPPED_CLIP_BPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vocab", "bpe_simple_vocab_16e6.txt.gz")
 
 
 def _read_bytes(path: str, what: str) -> bytes:
-  from etils import epath
   try:
     return epath.Path(path).read_bytes()
   except (OSError, ValueError) as e:
@@ -65,7 +66,6 @@ class SentencePieceTokenizer(_Options):
 
   def __init__(self, model: str, lowercase: bool = False, add_bos: bool = False, add_eos: bool = True,
                sticky_eos: bool = False, pad_id: int | None = None):
-    import sentencepiece as spm  # late: only runs that use it need it
     self._sp = spm.SentencePieceProcessor(model_proto=_read_bytes(model, "sentencepiece model"))
     self._set_options(lowercase, add_bos, add_eos, sticky_eos)
     self.vocab_size = self._sp.get_piece_size()

@@ -16,7 +16,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from hyperclip_jax.data import subword
+from hyperclip_jax.data import pp, subword
+from hyperclip_jax.data.sources import demo
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 NUM_SPECIAL = 3
@@ -127,7 +128,6 @@ class WordTokenizer:
 
 
 def _demo_words(**kw) -> WordTokenizer:
-  from hyperclip_jax.data.sources import demo  # late: the demo source is optional for other tokenizers
   return WordTokenizer(demo.vocabulary(), **kw)
 
 
@@ -142,7 +142,6 @@ _CACHE: dict[str, Tokenizer] = {}
 
 def get_tokenizer(name: str, **kw) -> Tokenizer:
   """The tokenizer for spec `name` ('bytes', "sentencepiece(model='x.model')", ...), plus options `kw`."""
-  from hyperclip_jax.data import pp  # late: pp imports PIL
   spec, args = name, ()
   if "(" in name:
     name, args, spec_kw = pp.parse_call(name, TOKENIZERS, "tokenizer")

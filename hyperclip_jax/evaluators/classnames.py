@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from hyperclip_jax.data.sources import demo
+
 _DATA = os.path.join(os.path.dirname(__file__), "data")
 # name -> (class-name file, template file) under evaluators/data/
 SHIPPED = {
@@ -80,7 +82,6 @@ def resolve(spec: str, templates_file: str | None = None) -> tuple[list[str], li
     names = read_classes(os.path.join(_DATA, classes_name))
     templates = read_templates(os.path.join(_DATA, templates_name))
   elif spec.startswith("demo:"):
-    from hyperclip_jax.data.sources import demo  # late: only demo tasks need the renderer
     tasks = demo.demo_tasks(n_eval=1)
     task = tasks.get(spec[len("demo:"):])
     if task is None:

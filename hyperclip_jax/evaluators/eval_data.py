@@ -19,6 +19,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from hyperclip_jax.data import bad_data, eval_input, input_pipeline
+from hyperclip_jax.data import pp as pp_lib
+from hyperclip_jax.data.sources.manifest import ManifestSource
+from hyperclip_jax.data.sources.tfds import TfdsSource
+
 DATA_KEYS = {
     "tfds": ("name", "dataset", "split", "data_dir", "image_key", "label_key", "text_key"),
     "manifest": ("name", "manifest", "image_key", "label_key", "caption_key"),
@@ -66,7 +71,6 @@ class LabelledManifest:
   """A manifest's rows as {'image': bytes, 'label': int}: the label column holds class names or indices."""
 
   def __init__(self, path: str, class_names: Sequence[str], image_key: str = "image", label_key: str = "label"):
-    from hyperclip_jax.data.sources.manifest import ManifestSource
     self._rows = ManifestSource(path, image_key=image_key, caption_key=label_key)  # 'caption' = the label text
     self._index = {c: i for i, c in enumerate(class_names)}
     self.class_names = list(class_names)
@@ -75,14 +79,13 @@ class LabelledManifest:
     return len(self._rows)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
-    from hyperclip_jax.data.bad_data import BadSample
     example = self._rows[i]
     text = example["caption"]
     label = self._index.get(text)
     if label is None and text.lstrip("-").isdigit() and 0 <= int(text) < len(self.class_names):
       label = int(text)
     if label is None:
-      raise BadSample("bad_record", f"{self._rows.path} row {i}: label {text!r} is neither a class name nor an "
+      raise bad_data.BadSample("bad_record", f"{self._rows.path} row {i}: label {text!r} is neither a class name nor an "
                       f"index below {len(self.class_names)}")
     return {"image": example["image"], "label": label, "key": example["key"]}
 
@@ -90,7 +93,6 @@ class LabelledManifest:
 def labelled_source(data: dict[str, Any], class_names: Sequence[str] | None) -> Any:
   """A random-access {'image', 'label'} source (tfds or manifest); tfds sources know their `class_names`."""
   if data["name"] == "tfds":
-    from hyperclip_jax.data.sources.tfds import TfdsSource
     return TfdsSource(data["dataset"], split=data.get("split", "") or "test", data_dir=data.get("data_dir") or None,
                       image_key=data.get("image_key", ""), label_key=data.get("label_key", "") or "label")
   if not class_names:
@@ -103,10 +105,8 @@ def labelled_source(data: dict[str, Any], class_names: Sequence[str] | None) -> 
 def pair_source(data: dict[str, Any]) -> Any:
   """A random-access {'image', 'caption'} source (tfds or manifest) for retrieval."""
   if data["name"] == "tfds":
-    from hyperclip_jax.data.sources.tfds import TfdsSource
     return TfdsSource(data["dataset"], split=data.get("split", "") or "test", data_dir=data.get("data_dir") or None,
                       image_key=data.get("image_key", ""), text_key=data.get("text_key", ""))
-  from hyperclip_jax.data.sources.manifest import ManifestSource
   return ManifestSource(data["manifest"], image_key=data.get("image_key", "") or "image",
                         caption_key=data.get("caption_key", "") or "caption")
 
@@ -115,7 +115,6 @@ def labelled_batches(source: Any, image_size: int, batch_size: int, pp: str, n: 
                      workers: int = 0) -> Callable[[], Iterator]:
   """() -> iterator of (images f32 [b, S, S, 3] in [-1, 1], labels i32 [b]) over the first n items (0: all),
   decoded in `workers` grain processes (0: in this one)."""
-  from hyperclip_jax.data import eval_input, input_pipeline
   if workers > 0:
     return functools.partial(eval_input.sharded_eval_batches, source, image_size, batch_size, pp, n, workers)
   return functools.partial(input_pipeline.make_source_eval_batches, source, image_size, batch_size, pp, n)
@@ -123,8 +122,6 @@ def labelled_batches(source: Any, image_size: int, batch_size: int, pp: str, n: 
 
 def pairs(source: Any, image_size: int, pp: str) -> Callable[[], Iterator[tuple[np.ndarray, str]]]:
   """() -> iterator of (image f32 [S, S, 3] in [-1, 1], caption), in source order; bad items are skipped."""
-  from hyperclip_jax.data import bad_data, input_pipeline
-  from hyperclip_jax.data import pp as pp_lib
   fn = pp_lib.build(pp or input_pipeline.EVAL_PP.format(size=image_size))
 
   def read():

@@ -6,6 +6,8 @@ gives the norm params for the images of pairs in chunk g, exactly as in training
 ranked against all N captions (and every caption against all N images). An image's own caption is in the set
 that conditioned it, as in training; the siglip variant skips the hypernet. N is rounded down to a multiple
 of set_size. Ties count in the model's favour (rank = number of strictly better candidates).
+
+config.evals entries of type 'retrieval' (SETTINGS): data (default: the demo pairs), pp, num_pairs, batch_size.
 """
 from __future__ import annotations
 
@@ -13,11 +15,19 @@ from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from hyperclip_jax.config import ConfigError
+from hyperclip_jax.data import input_pipeline
+from hyperclip_jax.data.sources import demo
+from hyperclip_jax.evaluators import eval_data, settings
 from hyperclip_jax.models import two_towers
 
 KS = (1, 5, 10)
+SETTINGS: settings.Settings = {"data": (dict, {"name": "demo"}), "pp": (str, ""), "num_pairs": (int, 512),
+                               "batch_size": (int, 256)}
+BARE_KEYS = False  # results go under retrieval/<task>
 
 
 def recall_at_k(sim: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
@@ -76,17 +86,20 @@ class RetrievalEvaluator:
   def run(self, params: Any, batch_stats: Any) -> dict[str, dict[str, float]]:
     return {name: self.run_dataset(params, batch_stats, pairs()) for name, pairs in self.datasets.items()}
 
-  @staticmethod
-  def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {f"retrieval/{name}/{k}": v for name, r in results.items() for k, v in r.items() if "_r" in k}
+
+def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+  return {f"retrieval/{name}/{k}": v for name, r in results.items() for k, v in r.items() if "_r" in k}
+
+
+def format_lines(results: dict[str, dict[str, float]]) -> list[str]:
+  return [f"retrieval {task} ({r['num_pairs']} pairs): " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()
+                                                                      if k != "num_pairs")
+          for task, r in results.items()]
 
 
 def demo_pairs(image_size: int, seed: int = 12345, stream: int = 100, object_scale: float = 1.0
                ) -> Callable[[], Iterable[tuple[Any, str]]]:
   """Held-out demo (image, caption) pairs: another seed and stream than training, every caption complete."""
-  from hyperclip_jax.data import input_pipeline  # late: only the demo needs the renderer
-  from hyperclip_jax.data.sources import demo
-
   def pairs():
     source = demo.DemoSource(image_size, seed, two_objects_prob=0.0, partial_caption_prob=0.0, stream=stream,
                              object_scale=object_scale)
@@ -96,3 +109,25 @@ def demo_pairs(image_size: int, seed: int = 12345, stream: int = 100, object_sca
       yield input_pipeline.to_model_image(example["image"]), example["caption"]
       i += 1
   return pairs
+
+
+# ---- the config.evals entry ---------------------------------------------------------------------------------
+def check_settings(where: str, s: dict[str, Any]) -> None:
+  settings.check_common(where, s)
+  settings.require_data(where, s)
+  settings.check_data(where, s)
+  if settings.uses_demo(s) and s["pp"]:
+    raise ConfigError(f"{where}.pp must be '' on the demo data (rendered at config.data.image_size)")
+
+
+def build(config: ml_collections.ConfigDict, model: Any, tokenizer: Any, mesh: jax.sharding.Mesh, name: str,
+          s: dict[str, Any]) -> tuple[RetrievalEvaluator, list[str]]:
+  """(the evaluator of config.evals.<name>, its task names)."""
+  data = s["data"]
+  if data["name"] == "demo":
+    pairs = demo_pairs(config.data.image_size, object_scale=config.data.get("object_scale", 1.0))
+  else:
+    pairs = eval_data.pairs(eval_data.pair_source(data), config.data.image_size, s["pp"])
+  evaluator = RetrievalEvaluator(model, tokenizer, config.data.max_len, {settings.task_name(name, "retrieval"): pairs},
+                                 s["num_pairs"], max(s["batch_size"] // model.set_size, 1))
+  return evaluator, list(evaluator.datasets)

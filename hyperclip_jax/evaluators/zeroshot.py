@@ -7,18 +7,34 @@ The image tower runs in eval mode (BatchNorm running averages), with the whole e
 `condition_texts` replaces the class set as the hypernet's input by fixed texts (e.g. ordinary training
 captions), read as `condition_sets` sets of equal size whose generated norm params are averaged: the same norm
 params for every task, an ablation of how the set is chosen at test time.
+
+config.evals entries of type 'zeroshot' (SETTINGS): tasks (comma list of: demo, demo:NAME, imagenet, cifar100,
+cifar10) or data; classes, templates, pp, n_eval, batch_size, condition (CONDITIONS), condition_sets, workers.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from hyperclip_jax import sharding
+from hyperclip_jax.config import ConfigError
+from hyperclip_jax.data import input_pipeline
+from hyperclip_jax.data.sources import demo
+from hyperclip_jax.evaluators import conditioning, eval_data, settings, tasks
 from hyperclip_jax.models import two_towers
+
+SETTINGS: settings.Settings = {
+    "tasks": (str, ""), "data": (dict, None), "classes": (str, ""), "templates": (str, ""), "pp": (str, ""),
+    "n_eval": (int, 0), "batch_size": (int, 256), "condition": (str, "classes"), "condition_sets": (int, 64),
+    "workers": (int, 0)}
+CONDITIONS = ("classes", "train_captions", "train_sets_mean")  # `condition`: what the hypernet reads
+BARE_KEYS = True  # results go under each task's own name (final_eval.json's format), not zeroshot/<task>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +106,9 @@ class ZeroShotEvaluator:
   def run(self, params: Any, batch_stats: Any) -> dict[str, dict[str, float]]:
     return {t.name: self.run_task(params, batch_stats, t) for t in self.tasks}
 
-  @staticmethod
-  def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {f"zeroshot/{task}/{k}": v for task, r in results.items() for k, v in r.items()
-            if k.startswith("top")}
+
+def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+  return {f"zeroshot/{task}/{k}": v for task, r in results.items() for k, v in r.items() if k.startswith("top")}
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -104,3 +119,81 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     lines.append(f"{task:<{width}}  {r['num_classes']:>7d}  {r['top1']:6.3f}  {r['chance']:6.3f}  "
                  f"{r['top1'] / r['chance']:6.2f}x")
   return "\n".join(lines)
+
+
+def format_lines(results: dict[str, dict[str, float]]) -> list[str]:
+  return [format_table(results)] if results else []
+
+
+# ---- the config.evals entry ---------------------------------------------------------------------------------
+def check_settings(where: str, s: dict[str, Any]) -> None:
+  settings.check_common(where, s)
+  if s["condition"] not in CONDITIONS:
+    raise ConfigError(f"{where}.condition={s['condition']!r} is unknown; known: {', '.join(CONDITIONS)}")
+  if bool(s["tasks"]) == (s["data"] is not None):
+    raise ConfigError(f"{where} needs exactly one of tasks= (e.g. 'demo' or 'imagenet,cifar100') and data=")
+  known = ("demo", *eval_data.PRESETS)
+  for task in s["tasks"].split(",") if s["tasks"] else ():
+    task = task.strip()
+    if task.startswith("demo:"):
+      if task[5:] not in demo.DEMO_TASK_NAMES:
+        raise ConfigError(f"{where}.tasks: demo task {task[5:]!r} is unknown; known: "
+                          f"{', '.join(demo.DEMO_TASK_NAMES)} (as demo:NAME)")
+    elif task not in known:
+      raise ConfigError(f"{where}.tasks={s['tasks']!r} is unknown; known: {', '.join(known)}, demo:NAME (comma "
+                        "separated)")
+  settings.check_data(where, s)
+  if settings.uses_demo(s) and s["n_eval"] < 1:
+    raise ConfigError(f"{where}.n_eval={s['n_eval']} must be at least 1 on the procedural demo data")
+
+
+def tasks_for(config: ml_collections.ConfigDict, name: str, s: dict[str, Any]) -> list[ClassificationTask]:
+  """The tasks of config.evals.<name>: the `tasks` presets (each demo task on its own), then `data`."""
+  where, size = f"config.evals.{name}", config.data.image_size
+  specs = []  # (task name, data, settings)
+  for task in [t.strip() for t in s["tasks"].split(",")] if s["tasks"] else []:
+    if task == "demo" or task.startswith("demo:"):  # every demo task, or the one named
+      specs.append((task, {"name": "demo", "tasks": task[5:]}, s))
+    else:
+      data, classes, templates = eval_data.PRESETS[task]
+      specs.append((task, data, {**s, "classes": s["classes"] or classes, "templates": s["templates"] or templates}))
+  if s["data"] is not None:
+    specs.append((settings.task_name(name, "zeroshot"), s["data"], s))
+  out = []
+  for task, data, ts in specs:
+    if data["name"] == "demo":
+      demo_tasks = demo.demo_tasks(size, ts["n_eval"], object_scale=config.data.get("object_scale", 1.0))
+      for t in eval_data.demo_task_names(data) or demo_tasks:
+        if t not in demo_tasks:
+          raise ValueError(f"{where}.data.tasks: demo task {t!r} is unknown; known: {', '.join(demo_tasks)}")
+        t = demo_tasks[t]
+        out.append(ClassificationTask(t.name, t.class_names, t.templates,
+                                      functools.partial(input_pipeline.make_eval_batches, t, ts["batch_size"])))
+      continue
+    source, names, templates = tasks.labelled(data, ts, where)
+    batches = eval_data.labelled_batches(source, size, ts["batch_size"], ts["pp"], ts["n_eval"], ts["workers"])
+    out.append(ClassificationTask(task, names, templates, batches))
+  return out
+
+
+def _condition_sets(s: dict[str, Any]) -> int:
+  return s["condition_sets"] if s["condition"] == "train_sets_mean" else 1
+
+
+def _condition_texts(config: ml_collections.ConfigDict, name: str, s: dict[str, Any]) -> list[str] | None:
+  """The fixed conditioning texts of condition='train_captions' (one set) or 'train_sets_mean' (condition_sets
+  sets, consecutive), None for 'classes'."""
+  if s["condition"] == "classes":
+    return None
+  try:
+    return conditioning.condition_captions(config, _condition_sets(s))
+  except ValueError as e:
+    raise ValueError(f"config.evals.{name}.condition={s['condition']!r}: {e}") from None
+
+
+def build(config: ml_collections.ConfigDict, model: Any, tokenizer: Any, mesh: jax.sharding.Mesh, name: str,
+          s: dict[str, Any]) -> tuple[ZeroShotEvaluator, list[str]]:
+  """(the evaluator of config.evals.<name>, its task names)."""
+  evaluator = ZeroShotEvaluator(model, tokenizer, tasks_for(config, name, s), config.data.max_len, mesh,
+                                _condition_texts(config, name, s), _condition_sets(s))
+  return evaluator, [t.name for t in evaluator.tasks]

@@ -1,4 +1,4 @@
-"""Model registry: image encoders by timm name, the text tower, the hypernetwork, the two-tower model."""
+"""Model registry: image encoders by timm name (the two-tower model, two_towers.build_model, builds on it)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -25,9 +25,3 @@ def build_image_encoder(name: str, **overrides: Any) -> nn.Module:
   if name not in _IMAGE_ENCODERS:
     raise ValueError(f"image encoder {name!r} is unknown; known: {', '.join(image_encoder_names())}")
   return _IMAGE_ENCODERS[name](**overrides)
-
-
-def build_model(config: Any) -> nn.Module:
-  """The two-tower HyperCLIP model (variant siglip | hyperclip | token) from `config.model`."""
-  from hyperclip_jax.models import two_towers  # imported late: it builds on this registry
-  return two_towers.build_model(config)

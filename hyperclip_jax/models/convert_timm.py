@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from hyperclip_jax.models import build_image_encoder
 
 # ---- shared helpers (owned by the EfficientNet change) ----------------------------------------------------
 # Conversion is driven by our own variable tree: `_template` gives every leaf's path and shape (no compute),
@@ -35,10 +39,6 @@ def _torch_linear_to_flax(w: np.ndarray) -> np.ndarray:
 
 def _template(name: str, **overrides: Any) -> dict[str, Any]:
   """Shapes of encoder `name`'s variables (all collections) from an abstract init: nothing is computed."""
-  import jax  # late: keep `import convert_timm` light
-  import jax.numpy as jnp
-
-  from hyperclip_jax.models import build_image_encoder
   model = build_image_encoder(name, **overrides)
   size = max(model.min_size, 32)
   images = jnp.zeros((1, size, size, 3), jnp.float32)

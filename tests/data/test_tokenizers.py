@@ -140,10 +140,11 @@ def test_tokenizer_spec_errors_name_the_problem():
 def test_last_pooling_needs_sticky_eos_before_anything_compiles():
   import os
   from hyperclip_jax import config as config_lib
+  from hyperclip_jax import validation
   demo = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.py")
   config = config_lib.load_config(f"{demo}:tiny=true")
   config_lib.apply_override(config, "model.text.pool", "last")
   with pytest.raises(config_lib.ConfigError, match=r"pool='last' needs sticky EOS.*sticky_eos=True"):
-    config_lib.validate(config, 8)
+    validation.validate(config, 8)
   config_lib.apply_override(config, "data.tokenizer", "bytes(sticky_eos=True)")
-  config_lib.validate(config, 8)
+  validation.validate(config, 8)

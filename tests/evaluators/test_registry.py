@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import validation
 from hyperclip_jax import evaluators, sharding, train
+from hyperclip_jax.evaluators import zeroshot
 from hyperclip_jax.data import pp as pp_lib
 from hyperclip_jax.data.sources import demo
 from hyperclip_jax.data import tokenizers
@@ -40,7 +42,7 @@ def _model(config, seed=0):
 
 
 def _build(config, model):
-  config_lib.validate(config, jax.device_count())
+  validation.validate(config, jax.device_count())
   tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   return evaluators.build(config, model, tokenizer, sharding.make_mesh(config.mesh)), tokenizer
 
@@ -123,8 +125,8 @@ def test_trainer_runs_retrieval_and_linear_probe_every_eval_step(tmp_path):
 
 def test_demo_task_entries_pick_those_tasks_with_the_images_of_the_full_set():
   config = _tiny()
-  full = evaluators._zeroshot_tasks(config, "zeroshot", evaluators._settings("zeroshot", dict(tasks="demo", n_eval=8))[1])
-  picked = evaluators._zeroshot_tasks(config, "zeroshot", evaluators._settings(
+  full = zeroshot.tasks_for(config, "zeroshot", evaluators.settings_of("zeroshot", dict(tasks="demo", n_eval=8))[1])
+  picked = zeroshot.tasks_for(config, "zeroshot", evaluators.settings_of(
       "zeroshot", dict(tasks="demo:texture, demo:colour", n_eval=8))[1])
   assert [t.name for t in full] == list(demo.DEMO_TASK_NAMES)
   assert [t.name for t in picked] == ["texture", "colour"]

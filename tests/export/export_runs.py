@@ -13,7 +13,7 @@ import numpy as np
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import optim
-from hyperclip_jax import train
+from hyperclip_jax import state as state_lib
 from hyperclip_jax.models import two_towers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,7 +53,7 @@ def make_run(workdir, variant="hyperclip", encoder="efficientnet_b0", seed=0, **
   rng = jax.random.PRNGKey(0)
   tx, _ = optim.make_optimizer(config.optim, config.total_steps, jax.eval_shape(model.init, rng)["params"])
   mesh = jax.make_mesh((1, 1), ("data", "fsdp"), devices=jax.devices()[:1])
-  abstract = jax.eval_shape(lambda r: train.init_state(model, tx, r, mesh), rng)
+  abstract = jax.eval_shape(lambda r: state_lib.init_state(model, tx, r, mesh), rng)
   np_rng = np.random.default_rng(seed)
   state = jax.tree_util.tree_map_with_path(lambda p, s: _random_leaf(np_rng, p, s), abstract)
   os.makedirs(workdir, exist_ok=True)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import validation
 from hyperclip_jax.models import build_image_encoder, layers
 
 TOL = 1e-5
@@ -159,4 +160,4 @@ def test_config_key_is_validated():
   assert config.model.conv_impl == "auto"
   config_lib.apply_override(config, "model.conv_impl", "fast")
   with pytest.raises(config_lib.ConfigError, match=r"config.model.conv_impl='fast' is unknown; known: auto, native"):
-    config_lib.validate(config, 1)
+    validation.validate(config, 1)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import export, optim, sharding, train
+from hyperclip_jax import export, optim, sharding, train, validation
+from hyperclip_jax import state as state_lib
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import layers, lowrank, two_towers
 
@@ -133,7 +134,7 @@ def test_train_step_moves_the_update(variant, scope):
   rng = jax.random.PRNGKey(0)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps, jax.eval_shape(model.init, rng)["params"])
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1)), jax.devices()[:1])
-  state = train.init_state(model, tx, rng, mesh)
+  state = state_lib.init_state(model, tx, rng, mesh)
   step = jax.jit(train.make_train_step(model, tx, config.loss.name, schedule, mesh=mesh, loss_scope=scope))
   images, tokens = _batch(config, n=config.batch_size)
   new, metrics = step(state, {"image": images, "text": tokens}, jax.random.PRNGKey(1))
@@ -157,8 +158,8 @@ def test_conv_variant_needs_a_1x1_conv_and_rank_must_be_positive():
   config = _config("linear")
   config_lib.apply_override(config, "model.hyper_rank", "0")
   with pytest.raises(config_lib.ConfigError, match=r"config.model.hyper_rank=0 must be a positive int"):
-    config_lib.validate(config, 1)
+    validation.validate(config, 1)
   config = _config("linear")
   config_lib.apply_override(config, "loss.scope", "pairs")
   with pytest.raises(config_lib.ConfigError, match=r"config.loss.scope='pairs' is unknown; known: batch, group"):
-    config_lib.validate(config, 1)
+    validation.validate(config, 1)

@@ -8,6 +8,7 @@ import numpy as np
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import optim
 from hyperclip_jax import sharding
+from hyperclip_jax import state as state_lib
 from hyperclip_jax import train
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
@@ -55,7 +56,7 @@ def setup(config, mesh):
   rng = jax.random.PRNGKey(config.seed)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps,
                                       jax.eval_shape(model.init, rng)["params"])
-  return model, tx, schedule, train.init_state(model, tx, rng, mesh, config.mesh.param_rules)
+  return model, tx, schedule, state_lib.init_state(model, tx, rng, mesh, config.mesh.param_rules)
 
 
 def run_steps(config, mesh, steps=1, **step_kw):

@@ -4,6 +4,7 @@ import os
 import pytest
 
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import validation
 
 import scale_helpers as h
 
@@ -16,7 +17,7 @@ def test_every_paper_config_loads_and_validates(encoder):
   for variant in ("siglip", "hyperclip", "token"):
     for scale in ("small", "medium", "large"):
       config = config_lib.load_config(f"{DATACOMP}:encoder={encoder},variant={variant},scale={scale}")
-      config_lib.validate(config, 64)  # 4096 = 64 devices x 2 groups of 32
+      validation.validate(config, 64)  # 4096 = 64 devices x 2 groups of 32
       assert config.data.name == "webdataset" and config.loss.chunked
       assert config.evals.zeroshot.tasks == "imagenet,cifar100"
 

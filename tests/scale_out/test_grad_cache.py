@@ -5,6 +5,7 @@ import pytest
 
 from hyperclip_jax import accumulate
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import validation
 from hyperclip_jax import losses
 from hyperclip_jax import sharding
 
@@ -62,8 +63,8 @@ def test_micro_batches_of_partial_groups_are_refused():
   config = h.tiny_config()
   config_lib.apply_override(config, "accum_steps", "2")
   with pytest.raises(config_lib.ConfigError, match=r"config.accum_steps=2: .* multiple of 64"):
-    config_lib.validate(config, 8)
-  config_lib.validate(config, 1)  # 8 groups of 4 split into 2 micro-batches on one device
+    validation.validate(config, 8)
+  validation.validate(config, 1)  # 8 groups of 4 split into 2 micro-batches on one device
   config_lib.apply_override(config, "model.image.bn_stats", "global")  # stats over the batch: not exact
   with pytest.raises(config_lib.ConfigError, match=r"accum_steps=2 with config.model.image.bn_stats='global'"):
-    config_lib.validate(config, 1)
+    validation.validate(config, 1)

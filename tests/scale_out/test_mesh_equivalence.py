@@ -5,6 +5,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from hyperclip_jax import config as config_lib
+from hyperclip_jax import validation
 from hyperclip_jax import sharding
 
 import scale_helpers as h
@@ -55,4 +56,4 @@ def test_uncovered_param_and_bad_rule_value_are_config_errors():
     h.setup(config, h.mesh_of(4, 2))
   config_lib.apply_override(config, "mesh.param_rules", "[('.*', 'model')]")
   with pytest.raises(config_lib.ConfigError, match=r"param_rules\[0\]"):
-    config_lib.validate(config, 8)
+    validation.validate(config, 8)

@@ -8,8 +8,9 @@ images, decoded by config.data.pp, and may raise `BadSample` for an item (skippe
 """
 from typing import Any, Callable
 
-from hyperclip_jax.data.sources import demo
+from hyperclip_jax.data.sources import demo, tfds
 from hyperclip_jax.data.sources.demo import DemoSource, ZeroShotTask, demo_tasks
+from hyperclip_jax.data.sources.manifest import ManifestSource
 
 
 def _demo(config_data: Any, seed: int) -> DemoSource:
@@ -25,7 +26,6 @@ def _demo(config_data: Any, seed: int) -> DemoSource:
 
 
 def _manifest(config_data: Any, seed: int) -> Any:
-  from hyperclip_jax.data.sources.manifest import ManifestSource
   if not config_data.get("manifest"):
     raise ValueError("config.data.name='manifest' needs config.data.manifest=PATH (.jsonl or .csv)")
   return ManifestSource(config_data.manifest, image_key=config_data.get("image_key", "image"),
@@ -33,7 +33,6 @@ def _manifest(config_data: Any, seed: int) -> Any:
 
 
 def _tfds(config_data: Any, seed: int) -> Any:
-  from hyperclip_jax.data.sources import tfds
   return tfds.from_config(config_data)
 
 

@@ -7,6 +7,8 @@ import io
 import json
 from typing import Any
 
+from etils import epath
+
 from hyperclip_jax.data.bad_data import BadSample
 
 
@@ -16,7 +18,6 @@ class ManifestSource:
   raw_examples = True  # items are bytes + text: the input pipeline decodes them with config.data.pp
 
   def __init__(self, path: str, image_key: str = "image", caption_key: str = "caption"):
-    from etils import epath
     self.path = epath.Path(path)
     try:
       text = self.path.read_text(encoding="utf-8")
@@ -48,7 +49,6 @@ class ManifestSource:
       raise BadSample("empty_caption", f"{self.path} row {i}")
     image_path = self.path.parent / rel if not str(rel).startswith(("/", "gs://", "s3://")) else rel
     try:
-      from etils import epath
       data = epath.Path(image_path).read_bytes()
     except Exception as e:  # any filesystem error is a skipped sample
       raise BadSample("missing_file", f"{image_path}: {type(e).__name__}") from None

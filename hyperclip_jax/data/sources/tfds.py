@@ -39,7 +39,7 @@ class TfdsSource:
   def __init__(self, name: str, split: str = "train", data_dir: str | None = None, image_key: str = "",
                text_key: str = "", label_key: str = "", template: str = TEMPLATE):
     try:
-      import tensorflow_datasets as tfds
+      import tensorflow_datasets as tfds  # optional: not in requirements.txt
     except ImportError:
       raise ValueError("config.data.name='tfds' needs tensorflow-datasets: pip install tensorflow-datasets "
                        "(reading needs no TensorFlow)") from None

@@ -13,6 +13,9 @@ import re
 import tarfile
 from typing import Any, Iterator
 
+from etils import epath
+
+from hyperclip_jax import storage
 from hyperclip_jax.data.bad_data import BadSample
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -37,8 +40,6 @@ def _expand_braces(pattern: str) -> list[str]:
 def expand_pattern(pattern: str) -> list[str]:
   """Shard paths of a pattern, in order; globs are listed through etils.epath (missing files stay listed and
   are reported as unreadable when read)."""
-  from etils import epath
-  from hyperclip_jax import storage
   paths = []
   for part in filter(None, pattern.split("::")):
     if storage.is_remote(part.strip()):  # gs:// without gcsfs: a one-line install hint, not "no shard found"
@@ -52,7 +53,6 @@ def expand_pattern(pattern: str) -> list[str]:
 
 
 def any_exists(paths: list[str]) -> bool:
-  from etils import epath
   for path in paths:
     try:
       if epath.Path(path).exists():
@@ -85,7 +85,6 @@ def read_shard(path: str, skip: int = 0) -> Iterator[dict[str, bytes] | BadSampl
 
   Skipped items are counted from headers only (their member data is seeked over, not read).
   """
-  from etils import epath
   index = 0  # items seen so far
 
   def wanted() -> bool:
