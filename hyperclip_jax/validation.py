@@ -11,13 +11,14 @@ from hyperclip_jax import evaluators
 from hyperclip_jax.config import ConfigError
 from hyperclip_jax.data import pp, tokenizers
 from hyperclip_jax.models import image_encoder_names
-from hyperclip_jax.models.layers import CONV_IMPLS
+from hyperclip_jax.models.options import validate_options
 from hyperclip_jax.models.text import TEXT_PRESETS
 
 VARIANTS = ("siglip", "hyperclip", "token", "linear", "conv")  # linear, conv: models/lowrank.py
 LOSSES = ("sigmoid", "softmax")
 LOSS_SCOPES = ("batch", "group")  # losses.SCOPES
-DTYPES = ("float32", "bfloat16", "float16")
+OPTION_KEYS = {"conv_impl": "config.model.conv_impl", "norm_mode": "config.model.image.norm_mode",
+               "dtype": "config.model.dtype", "bn_stats": "config.model.image.bn_stats"}
 RESUME_MODES = ("auto", "fresh")  # fresh moves existing checkpoints to WORKDIR/checkpoints_previous
 
 
@@ -64,8 +65,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f"config.resume={config.resume!r} is unknown; known: {', '.join(RESUME_MODES)}")
   if not isinstance(config.get("skip_nonfinite_steps", False), bool):
     raise ConfigError(f"config.skip_nonfinite_steps={config.skip_nonfinite_steps!r} must be true or false")
-  if m.dtype not in DTYPES:
-    raise ConfigError(f"config.model.dtype={m.dtype!r} is unknown; known: {', '.join(DTYPES)}")
+  try:  # the encoders' options, checked once here and again by each encoder's factory
+    validate_options(conv_impl=m.get("conv_impl", "auto"), norm_mode=m.image.get("norm_mode", "residual"),
+                     dtype=m.dtype, bn_stats=m.image.get("bn_stats", "group"), keys=OPTION_KEYS)
+  except ValueError as e:
+    raise ConfigError(f"{e} (conv_impl auto: cpu_fast on CPU, native on GPU/TPU)" if "conv_impl" in str(e)
+                      else str(e)) from None
   evaluators.validate(config)  # config.evals: types, keys, data specs (no data is opened)
   _validate_scale_out(config, num_devices, groups)
   _check_text_pooling(config)
@@ -88,10 +93,6 @@ def _validate_scale_out(config: ml_collections.ConfigDict, num_devices: int, gro
   remat = config.model.get("remat", False)
   if not isinstance(remat, bool):
     raise ConfigError(f"config.model.remat={remat!r} must be true or false")
-  conv_impl = config.model.get("conv_impl", "auto")
-  if conv_impl not in CONV_IMPLS:
-    raise ConfigError(f"config.model.conv_impl={conv_impl!r} is unknown; known: {', '.join(CONV_IMPLS)} "
-                      "(auto: cpu_fast on CPU, native on GPU/TPU)")
   k = config.get("accum_steps", 1)
   if k < 1:
     raise ConfigError(f"config.accum_steps={k} must be at least 1")

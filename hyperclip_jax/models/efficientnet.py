@@ -17,10 +17,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hyperclip_jax.models.conv import Conv
 from hyperclip_jax.models.layers import (
-    BN_STATS, CONV_IMPLS, NORM_MODES, ConditionedNorm, Conv, DropPath, Dtype, global_avg_pool, group_images,
-    make_divisible,
-    ungroup)
+  ConditionedNorm,
+  DropPath,
+  global_avg_pool,
+  group_images,
+  make_divisible,
+  ungroup,
+)
+from hyperclip_jax.models.options import EncoderOptions, validate_options
 
 Array = jax.Array
 
@@ -113,32 +119,35 @@ def _dw_init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Ar
   return nn.initializers.variance_scaling(2.0, "fan_in", "normal")(key, shape, dtype)
 
 
+def _conv(opts: EncoderOptions, *args: Any, **kwargs: Any) -> Conv:
+  return Conv(*args, dtype=opts.dtype, impl=opts.conv_impl, **kwargs)
+
+
+def _bn(opts: EncoderOptions, name: str) -> ConditionedNorm:
+  return ConditionedNorm("batch", opts.norm_mode, dtype=opts.dtype, stats=opts.bn_stats, name=name)
+
+
 class ConvBnAct(nn.Module):
   """conv -> BatchNorm -> SiLU; the stem (3x3 s2) and the head (1x1)."""
   features: int
   kernel_size: int
   strides: int = 1
-  norm_mode: str = "residual"
-  dtype: Dtype | None = None
-  conv_impl: str = "auto"
-  bn_stats: str = "group"
+  options: EncoderOptions = EncoderOptions()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    x = Conv(self.features, self.kernel_size, self.strides, dtype=self.dtype, impl=self.conv_impl, name="conv")(x)
-    x = ConditionedNorm("batch", self.norm_mode, dtype=self.dtype, stats=self.bn_stats, name="bn")(x, train)
-    return nn.silu(x)
+    x = _conv(self.options, self.features, self.kernel_size, self.strides, name="conv")(x)
+    return nn.silu(_bn(self.options, "bn")(x, train))
 
 
 class SqueezeExcite(nn.Module):
   """x · sigmoid(expand(silu(reduce(mean_hw(x))))), per image."""
   rd_chs: int
-  dtype: Dtype | None = None
-  conv_impl: str = "auto"
+  options: EncoderOptions = EncoderOptions()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    conv = functools.partial(Conv, use_bias=True, dtype=self.dtype, impl=self.conv_impl)
+    conv = functools.partial(_conv, self.options, use_bias=True)
     s = x.mean(axis=(-3, -2), keepdims=True)  # [G, S, 1, 1, C]
     s = conv(self.rd_chs, 1, name="conv_reduce")(s)
     s = conv(x.shape[-1], 1, name="conv_expand")(nn.silu(s))
@@ -148,26 +157,21 @@ class SqueezeExcite(nn.Module):
 class MBConvBlock(nn.Module):
   """timm's DepthwiseSeparableConv ("ds") or InvertedResidual ("ir") block with SE and drop path."""
   spec: BlockSpec
-  norm_mode: str = "residual"
-  dtype: Dtype | None = None
-  conv_impl: str = "auto"
-  bn_stats: str = "group"
+  options: EncoderOptions = EncoderOptions()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    sp = self.spec
-    norm = functools.partial(ConditionedNorm, "batch", self.norm_mode, dtype=self.dtype, stats=self.bn_stats)
-    conv = functools.partial(Conv, dtype=self.dtype, impl=self.conv_impl)
+    sp, opts = self.spec, self.options
     shortcut = x
     if sp.kind == "ir":
-      x = conv(sp.mid_chs, 1, name="conv_pw")(x)
-      x = nn.silu(norm(name="bn1")(x, train))
+      x = _conv(opts, sp.mid_chs, 1, name="conv_pw")(x)
+      x = nn.silu(_bn(opts, "bn1")(x, train))
     dw_bn, proj, proj_bn = ("bn2", "conv_pwl", "bn3") if sp.kind == "ir" else ("bn1", "conv_pw", "bn2")
-    x = conv(sp.mid_chs, sp.kernel, sp.stride, groups=sp.mid_chs, kernel_init=_dw_init, name="conv_dw")(x)
-    x = nn.silu(norm(name=dw_bn)(x, train))
-    x = SqueezeExcite(sp.se_chs, dtype=self.dtype, conv_impl=self.conv_impl, name="se")(x)
-    x = conv(sp.out_chs, 1, name=proj)(x)
-    x = norm(name=proj_bn)(x, train)  # linear bottleneck: no activation
+    x = _conv(opts, sp.mid_chs, sp.kernel, sp.stride, groups=sp.mid_chs, kernel_init=_dw_init, name="conv_dw")(x)
+    x = nn.silu(_bn(opts, dw_bn)(x, train))
+    x = SqueezeExcite(sp.se_chs, opts, name="se")(x)
+    x = _conv(opts, sp.out_chs, 1, name=proj)(x)
+    x = _bn(opts, proj_bn)(x, train)  # linear bottleneck: no activation
     if sp.has_skip:
       x = DropPath(sp.drop_path)(x, train) + shortcut
     return x
@@ -178,30 +182,25 @@ class EfficientNet(nn.Module):
   stem_chs: int
   stages: tuple[tuple[BlockSpec, ...], ...]
   head_chs: int
-  norm_mode: str = "residual"
-  dtype: Dtype | None = None
+  options: EncoderOptions = EncoderOptions()  # conv lowering, norm mode, dtype, BN statistics (options.py)
   default_size: int = 224
   min_size: int = 32
   variant: str = "efficientnet"  # timm name, for error messages
   remat: bool = False  # recompute each block's activations in the backward pass
-  conv_impl: str = "auto"  # auto | native | cpu_fast: the convolutions' lowering (layers.Conv), same math
-  bn_stats: str = "group"  # BatchNorm training statistics: per group | global (layers.ConditionedNorm)
 
   @nn.compact
   def __call__(self, images: Array, train: bool = False) -> Array:
     x, ungrouped = group_images(images, self.min_size, self.variant)  # [G, S, H, W, 3]
-    x = ConvBnAct(self.stem_chs, 3, 2, self.norm_mode, self.dtype, self.conv_impl, bn_stats=self.bn_stats,
-                  name="stem")(x, train)
+    x = ConvBnAct(self.stem_chs, 3, 2, self.options, name="stem")(x, train)
     block = nn.remat(MBConvBlock, static_argnums=(2,)) if self.remat else MBConvBlock  # arg 2: train
     for i, stage in enumerate(self.stages):
       for j, spec in enumerate(stage):
-        x = block(spec, self.norm_mode, self.dtype, self.conv_impl, bn_stats=self.bn_stats,
-                  name=f"blocks_{i}_{j}")(x, train)
-    x = ConvBnAct(self.head_chs, 1, 1, self.norm_mode, self.dtype, self.conv_impl, bn_stats=self.bn_stats,
-                  name="head")(x, train)
+        x = block(spec, self.options, name=f"blocks_{i}_{j}")(x, train)
+    x = ConvBnAct(self.head_chs, 1, 1, self.options, name="head")(x, train)
     return ungroup(global_avg_pool(x.astype(jnp.float32)), ungrouped)  # [G, S, C] -> [B, C] if ungrouped
 
 
+_OPTIONS = ("conv_impl", "norm_mode", "dtype", "bn_stats")  # -> EncoderOptions
 _OVERRIDES = ("width_mult", "depth_mult", "norm_mode", "dtype", "drop_path_rate", "min_size", "remat", "conv_impl",
               "bn_stats")
 
@@ -217,24 +216,14 @@ def create(name: str, **overrides: Any) -> EfficientNet:
   width_mult = float(overrides.get("width_mult", 1.0))
   depth_mult = float(overrides.get("depth_mult", 1.0))
   drop_path_rate = float(overrides.get("drop_path_rate", 0.0))
-  norm_mode = overrides.get("norm_mode", "residual")
-  conv_impl = overrides.get("conv_impl", "auto")
   if width_mult <= 0 or depth_mult <= 0:
     raise ValueError(f"{name}: width_mult and depth_mult must be > 0; got {width_mult}, {depth_mult}")
   if not 0.0 <= drop_path_rate < 1.0:
     raise ValueError(f"{name}: drop_path_rate must be in [0, 1); got {drop_path_rate}")
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"{name}: conv_impl {conv_impl!r} is unknown; known: {', '.join(CONV_IMPLS)}")
-  if norm_mode not in NORM_MODES:
-    raise ValueError(f"{name}: norm_mode {norm_mode!r} is unknown; known: {', '.join(NORM_MODES)}")
-  bn_stats = overrides.get("bn_stats", "group")
-  if bn_stats not in BN_STATS:
-    raise ValueError(f"{name}: bn_stats {bn_stats!r} is unknown; known: {', '.join(BN_STATS)}")
+  options = validate_options(**{k: overrides[k] for k in _OPTIONS if k in overrides})
   stem, stages, head = build_arch(width * width_mult, depth * depth_mult, family, drop_path_rate)
-  return EfficientNet(stem, stages, head, norm_mode=norm_mode, dtype=overrides.get("dtype"),
-                      default_size=size, min_size=int(overrides.get("min_size", 32)), variant=name,
-                      remat=bool(overrides.get("remat", False)), conv_impl=conv_impl,
-                      bn_stats=bn_stats)
+  return EfficientNet(stem, stages, head, options, default_size=size, min_size=int(overrides.get("min_size", 32)),
+                      variant=name, remat=bool(overrides.get("remat", False)))
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyperclip_jax.models import conv as conv_lib
 from hyperclip_jax.models import layers
 
 Path = tuple[str, ...]
@@ -45,7 +46,7 @@ def trace_norms(module: nn.Module, variables: dict[str, Any], image_size: int) -
     mod = context.module
     if context.method_name != "__call__":
       return out
-    if isinstance(mod, layers.Conv):
+    if isinstance(mod, conv_lib.Conv):
       conv_outputs[id(out)] = (tuple(mod.path), mod.use_bias)
       keep_alive.append(out)
     elif isinstance(mod, layers.ConditionedNorm):

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hyperclip_jax.models import layers
+from hyperclip_jax.models import conv as conv_lib
 
 Array = jax.Array
 Path = tuple[str, ...]
@@ -52,7 +52,7 @@ def find_target(image: nn.Module, variant: str, image_size: int) -> Target:
       return out
     if variant == "linear" and isinstance(mod, nn.Dense) and path == ("head",):
       found.append(Target(path, int(args[0].shape[-1]), int(mod.features)))
-    if (variant == "conv" and isinstance(mod, layers.Conv) and mod.kernel_size == 1 and mod.strides == 1
+    if (variant == "conv" and isinstance(mod, conv_lib.Conv) and mod.kernel_size == 1 and mod.strides == 1
         and mod.groups == 1 and not mod.padding):  # padding None or 0: 1x1 stride 1 pads nothing
       found.append(Target(path, int(args[0].shape[-1]), int(mod.features)))
     return out

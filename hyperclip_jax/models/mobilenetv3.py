@@ -5,7 +5,8 @@ Same blocks, channel rounding, symmetric padding, BatchNorm eps (1e-5) and "effi
 reduce and hard-sigmoid gate) -> 1x1 conv to 576/960 -> global pool -> 1x1 `conv_head` with bias ->
 hard-swish. The output is timm's `forward_head(..., pre_logits=True)`: the conv_head activations,
 1024 (small) / 1280 (large) wide. Every BatchNorm is a ConditionedNorm, so the hypernetwork can generate
-its scale and bias. Activations stay grouped as [G, S, H, W, C] throughout (see layers.py).
+its scale and bias. Activations stay grouped as [G, S, H, W, C] throughout (see layers.py); conv_impl,
+norm_mode, dtype and bn_stats travel to every block as one EncoderOptions (options.py).
 """
 from __future__ import annotations
 
@@ -17,8 +18,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hyperclip_jax.models.conv import Conv
 from hyperclip_jax.models.layers import (
-    BN_STATS, CONV_IMPLS, ConditionedNorm, Conv, DropPath, global_avg_pool, group_images, make_divisible, ungroup)
+  ConditionedNorm,
+  DropPath,
+  global_avg_pool,
+  group_images,
+  make_divisible,
+  ungroup,
+)
+from hyperclip_jax.models.options import EncoderOptions, validate_options
 
 Array = jax.Array
 
@@ -110,15 +119,22 @@ def _depthwise_init() -> Any:
   return nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
+def _conv(opts: EncoderOptions, *args: Any, **kwargs: Any) -> Conv:
+  return Conv(*args, dtype=opts.dtype, impl=opts.conv_impl, **kwargs)
+
+
+def _bn(opts: EncoderOptions, name: str) -> ConditionedNorm:
+  return ConditionedNorm("batch", opts.norm_mode, dtype=opts.dtype, stats=opts.bn_stats, name=name)
+
+
 class SqueezeExcite(nn.Module):
   """x · hard_sigmoid(W2 relu(W1 mean_hw(x))), both 1x1 convs with bias."""
   reduce: int
-  dtype: Any = None
-  conv_impl: str = "auto"
+  options: EncoderOptions = EncoderOptions()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:  # [G, S, H, W, C]
-    conv = functools.partial(Conv, use_bias=True, dtype=self.dtype, impl=self.conv_impl)
+    conv = functools.partial(_conv, self.options, use_bias=True)
     s = x.astype(jnp.float32).mean(axis=(-3, -2), keepdims=True).astype(x.dtype)  # [G, S, 1, 1, C]
     s = jax.nn.relu(conv(self.reduce, 1, name="conv_reduce")(s))
     s = conv(x.shape[-1], 1, name="conv_expand")(s)
@@ -129,33 +145,29 @@ class Block(nn.Module):
   """timm's DepthwiseSeparableConv ("ds"), InvertedResidual ("ir") or ConvBnAct ("cn"), same param names."""
   spec: BlockSpec
   drop_path: float = 0.0
-  norm_mode: str = "residual"
-  dtype: Any = None
-  conv_impl: str = "auto"
-  bn_stats: str = "group"
+  options: EncoderOptions = EncoderOptions()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:  # [G, S, H, W, cin] -> [G, S, H', W', out]
-    b, act = self.spec, _ACTS[self.spec.act]
-    conv = functools.partial(Conv, dtype=self.dtype, impl=self.conv_impl)
-    norm = functools.partial(ConditionedNorm, kind="batch", mode=self.norm_mode, dtype=self.dtype,
-                             stats=self.bn_stats)
+    b, act, opts = self.spec, _ACTS[self.spec.act], self.options
+    conv = functools.partial(_conv, opts)
+    norm = functools.partial(_bn, opts)
     dw = functools.partial(conv, b.mid, b.kernel, b.stride, groups=b.mid, kernel_init=_depthwise_init(),
                            name="conv_dw")
     shortcut = x
     if b.kind == "cn":
-      return act(norm(name="bn1")(conv(b.out, b.kernel, b.stride, name="conv")(x), train))
+      return act(norm("bn1")(conv(b.out, b.kernel, b.stride, name="conv")(x), train))
     if b.kind == "ds":
-      x = act(norm(name="bn1")(dw()(x), train))
+      x = act(norm("bn1")(dw()(x), train))
       if b.se_reduce:
-        x = SqueezeExcite(b.se_reduce, self.dtype, self.conv_impl, name="se")(x)
-      x = norm(name="bn2")(conv(b.out, 1, name="conv_pw")(x), train)
+        x = SqueezeExcite(b.se_reduce, opts, name="se")(x)
+      x = norm("bn2")(conv(b.out, 1, name="conv_pw")(x), train)
     elif b.kind == "ir":
-      x = act(norm(name="bn1")(conv(b.mid, 1, name="conv_pw")(x), train))
-      x = act(norm(name="bn2")(dw()(x), train))
+      x = act(norm("bn1")(conv(b.mid, 1, name="conv_pw")(x), train))
+      x = act(norm("bn2")(dw()(x), train))
       if b.se_reduce:
-        x = SqueezeExcite(b.se_reduce, self.dtype, self.conv_impl, name="se")(x)
-      x = norm(name="bn3")(conv(b.out, 1, name="conv_pwl")(x), train)
+        x = SqueezeExcite(b.se_reduce, opts, name="se")(x)
+      x = norm("bn3")(conv(b.out, 1, name="conv_pwl")(x), train)
     else:
       raise ValueError(f"MobileNetV3 block kind {b.kind!r} is unknown; known: ds, ir, cn")
     if b.stride == 1 and b.cin == b.out:
@@ -169,22 +181,15 @@ class MobileNetV3(nn.Module):
   width_mult: float = 1.0  # timm's channel_multiplier
   depth_mult: float = 1.0  # timm's depth_multiplier ('ceil' per stage)
   head_features: int | None = None  # None -> timm's 1280 (large) / 1024 (small)
-  norm_mode: str = "residual"
-  dtype: Any = None
+  options: EncoderOptions = EncoderOptions()  # conv lowering, norm mode, dtype, BN statistics (options.py)
   drop_path_rate: float = 0.0
   default_size: int = 224
   min_size: int = 32
   remat: bool = False  # recompute each block's activations in the backward pass
-  conv_impl: str = "auto"  # auto | native | cpu_fast: the convolutions' lowering (layers.Conv), same math
-  bn_stats: str = "group"  # BatchNorm training statistics: per group | global (layers.ConditionedNorm)
 
   @nn.compact
   def __call__(self, images: Array, train: bool = False) -> Array:
-    label = f"mobilenetv3_{self.variant}"
-    if self.conv_impl not in CONV_IMPLS:
-      raise ValueError(f"{label}: conv_impl {self.conv_impl!r} is unknown; known: {', '.join(CONV_IMPLS)}")
-    if self.bn_stats not in BN_STATS:
-      raise ValueError(f"{label}: bn_stats {self.bn_stats!r} is unknown; known: {', '.join(BN_STATS)}")
+    label, opts = f"mobilenetv3_{self.variant}", self.options
     if self.variant not in _ARCHS:
       raise ValueError(f"MobileNetV3 variant {self.variant!r} is unknown; known: {', '.join(_ARCHS)}")
     if self.width_mult <= 0 or self.depth_mult <= 0:
@@ -195,21 +200,19 @@ class MobileNetV3(nn.Module):
     stem, stages = build_blocks(self.variant, self.width_mult, self.depth_mult)
     total = sum(len(s) for s in stages)
 
-    x = Conv(stem, 3, 2, dtype=self.dtype, impl=self.conv_impl, name="conv_stem")(x)
-    x = jax.nn.hard_swish(
-        ConditionedNorm("batch", self.norm_mode, dtype=self.dtype, stats=self.bn_stats, name="bn1")(x, train))
+    x = _conv(opts, stem, 3, 2, name="conv_stem")(x)
+    x = jax.nn.hard_swish(_bn(opts, "bn1")(x, train))
     idx = 0
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # arg 2: train
     for i, stage in enumerate(stages):
       for j, spec in enumerate(stage):
         # timm: drop-path rate grows linearly with the global block index (over all blocks, head conv too)
-        x = block(spec, self.drop_path_rate * idx / total, self.norm_mode, self.dtype, self.conv_impl,
-                  bn_stats=self.bn_stats, name=f"blocks_{i}_{j}")(x, train)
+        x = block(spec, self.drop_path_rate * idx / total, opts, name=f"blocks_{i}_{j}")(x, train)
         idx += 1
 
     x = global_avg_pool(x.astype(jnp.float32)).astype(x.dtype)[..., None, None, :]  # [G, S, 1, 1, C]
     features = self.head_features or _HEAD_FEATURES[self.variant]
-    x = jax.nn.hard_swish(Conv(features, 1, use_bias=True, dtype=self.dtype, impl=self.conv_impl, name="conv_head")(x))
+    x = jax.nn.hard_swish(_conv(opts, features, 1, use_bias=True, name="conv_head")(x))
     return ungroup(x[..., 0, 0, :].astype(jnp.float32), ungrouped)  # [B, F] or [G, S, F]
 
 
@@ -217,8 +220,8 @@ def _factory(variant: str) -> Callable[..., nn.Module]:
   def make(width_mult: float = 1.0, depth_mult: float = 1.0, norm_mode: str = "residual", dtype: Any = None,
            drop_path_rate: float = 0.0, head_features: int | None = None, remat: bool = False,
            conv_impl: str = "auto", bn_stats: str = "group") -> MobileNetV3:
-    return MobileNetV3(variant, width_mult, depth_mult, head_features, norm_mode, dtype, drop_path_rate,
-                       remat=remat, conv_impl=conv_impl, bn_stats=bn_stats)
+    options = validate_options(conv_impl, norm_mode, dtype, bn_stats)
+    return MobileNetV3(variant, width_mult, depth_mult, head_features, options, drop_path_rate, remat=remat)
   make.__doc__ = f"timm's mobilenetv3_{variant}_100 (width_mult/depth_mult give scaled variants)."
   return make
 

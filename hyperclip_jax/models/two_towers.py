@@ -183,7 +183,7 @@ def build_model(config: ml_collections.ConfigDict) -> TwoTowers:
   m = config.model
   img_kw = {k: v for k, v in m.image.to_dict().items() if k != "name"}
   remat = bool(m.get("remat", False))  # per block, in both towers: less activation memory, more compute
-  conv_impl = m.get("conv_impl", "auto")  # the convolutions' lowering (layers.Conv); same params and math
+  conv_impl = m.get("conv_impl", "auto")  # the convolutions' lowering (conv.Conv); same params and math
   encoder = models.build_image_encoder(m.image.name, dtype=jnp.dtype(m.dtype), remat=remat, conv_impl=conv_impl,
                                        **img_kw)
   image = ImageTower(encoder=encoder, embed_dim=m.embed_dim)

@@ -16,7 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hyperclip_jax.models.layers import ConditionedNorm, Conv, DropPath, group_images, ungroup
+from hyperclip_jax.models.conv import Conv
+from hyperclip_jax.models.layers import ConditionedNorm, DropPath, group_images, ungroup
+from hyperclip_jax.models.options import EncoderOptions, validate_options
 
 Array = jax.Array
 _dense_init = nn.initializers.truncated_normal(0.02)  # timm's trunc_normal_(std=.02) for Linear weights
@@ -64,20 +66,23 @@ class Mlp(nn.Module):
     return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=_dense_init, name="fc2")(h)
 
 
+def _ln(opts: EncoderOptions, name: str) -> ConditionedNorm:
+  return ConditionedNorm("layer", opts.norm_mode, epsilon=1e-6, dtype=opts.dtype, name=name)
+
+
 class EncoderBlock(nn.Module):
   """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)), each with drop path."""
   heads: int
   mlp_dim: int
   drop_path: float = 0.0
-  norm_mode: str = "residual"
-  dtype: Any = None
+  options: EncoderOptions = EncoderOptions()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:  # [G, S, N, D]
-    norm = lambda name: ConditionedNorm("layer", self.norm_mode, epsilon=1e-6, dtype=self.dtype, name=name)
-    y = Attention(self.heads, self.dtype, name="attn")(norm("norm1")(x))
+    dtype = self.options.dtype
+    y = Attention(self.heads, dtype, name="attn")(_ln(self.options, "norm1")(x))
     x = x + DropPath(self.drop_path)(y, train)
-    y = Mlp(self.mlp_dim, self.dtype, name="mlp")(norm("norm2")(x))
+    y = Mlp(self.mlp_dim, dtype, name="mlp")(_ln(self.options, "norm2")(x))
     return x + DropPath(self.drop_path)(y, train)
 
 
@@ -88,12 +93,10 @@ class VisionTransformer(nn.Module):
   heads: int = 12
   mlp_dim: int = 3072
   patch_size: int = 16
-  norm_mode: str = "residual"
-  dtype: Any = None
+  options: EncoderOptions = EncoderOptions()  # norm mode, dtype, the patch embedding's conv lowering (options.py)
   drop_path_rate: float = 0.0
   default_size: int = 224  # native resolution: the position embeddings' grid is default_size / patch_size
   remat: bool = False  # recompute each block's activations in the backward pass
-  conv_impl: str = "auto"  # auto | native | cpu_fast: the patch embedding's lowering (layers.Conv), same math
 
   @property
   def min_size(self) -> int:
@@ -101,7 +104,7 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images: Array, train: bool = False) -> Array:
-    p, d = self.patch_size, self.width
+    p, d, opts = self.patch_size, self.width, self.options
     if d % self.heads:
       raise ValueError(f"vit: width {d} is not divisible by heads {self.heads}; pick heads that divide it")
     if self.default_size % p:
@@ -114,7 +117,7 @@ class VisionTransformer(nn.Module):
       raise ValueError(
           f"vit: image size {h}x{w} is not a multiple of the patch size {p}; resize or crop to a multiple of {p}")
 
-    x = Conv(d, p, p, padding=0, use_bias=True, dtype=self.dtype, impl=self.conv_impl,
+    x = Conv(d, p, p, padding=0, use_bias=True, dtype=opts.dtype, impl=opts.conv_impl,
              kernel_init=nn.initializers.lecun_normal(), name="patch_embed")(x)  # [G, S, h/p, w/p, D]
     g, s, gh, gw = x.shape[:4]
     x = x.reshape(g, s, gh * gw, d)
@@ -129,8 +132,8 @@ class VisionTransformer(nn.Module):
     block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock  # arg 2: train
     for i in range(self.depth):
       rate = self.drop_path_rate * i / max(self.depth - 1, 1)  # timm: linspace(0, rate, depth)
-      x = block(self.heads, self.mlp_dim, rate, self.norm_mode, self.dtype, name=f"blocks_{i}")(x, train)
-    x = ConditionedNorm("layer", self.norm_mode, epsilon=1e-6, dtype=self.dtype, name="norm")(x)
+      x = block(self.heads, self.mlp_dim, rate, opts, name=f"blocks_{i}")(x, train)
+    x = _ln(opts, "norm")(x)
     return ungroup(x[..., 0, :].astype(jnp.float32), ungrouped)  # [B, D] or [G, S, D]
 
 
@@ -150,6 +153,7 @@ def _factory(name: str) -> Callable[..., nn.Module]:
            image_size: int = 224, remat: bool = False, conv_impl: str = "auto",
            bn_stats: str = "group") -> VisionTransformer:
     """width_mult scales the number of heads at a fixed head dim (64); explicit width/heads/... win."""
+    options = validate_options(conv_impl, norm_mode, dtype, bn_stats)
     if bn_stats != "group":  # the CNN configs' key; a ViT's LayerNorms have no batch statistics
       raise ValueError(f"{name}: bn_stats={bn_stats!r} does not apply to a ViT (LayerNorm, no batch statistics); "
                        "leave config.model.image.bn_stats at 'group'")
@@ -159,8 +163,8 @@ def _factory(name: str) -> Callable[..., nn.Module]:
     heads = heads or (max(1, round(base_heads * width_mult)) if width is None else base_heads)
     width = width or heads * head_dim
     depth = depth or max(1, int(math.ceil(base_depth * depth_mult)))
-    return VisionTransformer(width, depth, heads, mlp_dim or 4 * width, patch_size, norm_mode, dtype,
-                             drop_path_rate, image_size, remat=remat, conv_impl=conv_impl)
+    return VisionTransformer(width, depth, heads, mlp_dim or 4 * width, patch_size, options, drop_path_rate,
+                             image_size, remat=remat)
   make.__doc__ = f"timm's {name}; overrides give scaled or tiny variants."
   return make
 

@@ -1,4 +1,4 @@
-"""model.conv_impl: native and cpu_fast lowerings of layers.Conv compute the same function and gradients.
+"""model.conv_impl: native and cpu_fast lowerings of conv.Conv compute the same function and gradients.
 
 Covers every (kernel, stride, padding, groups) the encoders use: depthwise 3x3 and 5x5 at stride 1 and 2, 1x1
 with and without bias and stride, the 3x3 stride-2 stem on 3 channels, the ViT patch embedding (kernel ==
@@ -15,7 +15,7 @@ import pytest
 
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import validation
-from hyperclip_jax.models import build_image_encoder, layers
+from hyperclip_jax.models import build_image_encoder, conv
 
 TOL = 1e-5
 DEMO = str(pathlib.Path(__file__).parents[2] / "configs" / "demo.py")
@@ -36,20 +36,22 @@ CASES = {
 }
 
 
-def _run(case: tuple, impl: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _run(case: tuple, impl: str, seed: int = 0,
+         tap_block_bytes: int = conv.TAP_GRAD_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """-> (y, dL/dx, dL/dkernel) for L = sum(y · cotangent), on grouped input [2, 3, H, W, Cin]."""
   cin, cout, k, s, groups, bias, padding, h, w = case
-  conv = layers.Conv(cout, k, s, groups=groups, use_bias=bias, padding=padding, impl=impl)
+  layer = conv.Conv(cout, k, s, groups=groups, use_bias=bias, padding=padding, impl=impl,
+                    tap_block_bytes=tap_block_bytes)
   kx, kp, kc = jax.random.split(jax.random.PRNGKey(seed), 3)
   x = jax.random.normal(kx, (2, 3, h, w, cin), jnp.float32)
-  params = conv.init(kp, x)["params"]
+  params = layer.init(kp, x)["params"]
   if bias:
     params = dict(params, bias=jax.random.normal(kc, (cout,), jnp.float32))
-  y = conv.apply({"params": params}, x)
+  y = layer.apply({"params": params}, x)
   cot = jax.random.normal(kc, y.shape, jnp.float32)
 
   def loss(x, kernel):
-    return jnp.sum(conv.apply({"params": dict(params, kernel=kernel)}, x) * cot)
+    return jnp.sum(layer.apply({"params": dict(params, kernel=kernel)}, x) * cot)
 
   dx, dk = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, params["kernel"])
   return np.asarray(y), np.asarray(dx), np.asarray(dk)
@@ -59,7 +61,7 @@ def _run(case: tuple, impl: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
 def test_cpu_fast_matches_native_forward_and_gradients(name):
   native, fast = _run(CASES[name], "native"), _run(CASES[name], "cpu_fast")
   cin, cout, k, s, _, _, padding, h, w = CASES[name]
-  p = layers.same_padding(k, s) if padding is None else padding
+  p = conv.same_padding(k, s) if padding is None else padding
   assert native[0].shape == (2, 3, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, cout)
   for what, a, b in zip(("y", "dx", "dkernel"), native, fast):
     scale = max(1.0, float(np.abs(a).max()))
@@ -74,24 +76,24 @@ BLOCK_CASES = {**{n: c for n, c in CASES.items() if n.startswith("dw")},
 
 @pytest.mark.parametrize("name", sorted(BLOCK_CASES))
 @pytest.mark.parametrize("block_rows", [1, 3])
-def test_depthwise_taps_gradient_in_blocks_of_rows_matches_native(name, block_rows, monkeypatch):
+def test_depthwise_taps_gradient_in_blocks_of_rows_matches_native(name, block_rows):
   """The taps' gradient loops over blocks of rows (whole tensors above, at these sizes). A budget of block_rows
   rows of x gives blocks of the largest divisor of H up to block_rows (1, 2 or 3 rows here; every H > 3, so
   always several blocks), which must give the native gradients too."""
   case = BLOCK_CASES[name]
   cin, _, _, _, _, _, _, h, w = case
-  monkeypatch.setattr(layers, "TAP_GRAD_BLOCK_BYTES", block_rows * 2 * 3 * w * cin * 4)  # x is [2, 3, h, w, cin]
-  native, blocked = _run(case, "native"), _run(case, "cpu_fast")
+  budget = block_rows * 2 * 3 * w * cin * 4  # x is [2, 3, h, w, cin]
+  native, blocked = _run(case, "native"), _run(case, "cpu_fast", tap_block_bytes=budget)
   for what, a, b in zip(("dx", "dkernel"), native[1:], blocked[1:]):
     np.testing.assert_allclose(b, a, rtol=0, atol=TOL * max(1.0, float(np.abs(a).max())), err_msg=f"{name}: {what}")
 
 
 def test_auto_is_cpu_fast_on_cpu_and_unknown_impl_is_refused():
   assert jax.default_backend() == "cpu"
-  assert layers.resolve_conv_impl("auto") == "cpu_fast"
-  assert layers.resolve_conv_impl("native") == "native"
+  assert conv.resolve_conv_impl("auto") == "cpu_fast"
+  assert conv.resolve_conv_impl("native") == "native"
   with pytest.raises(ValueError, match=r"conv_impl 'xla' is unknown; known: auto, native, cpu_fast"):
-    layers.resolve_conv_impl("xla")
+    conv.resolve_conv_impl("xla")
 
 
 def test_cpu_fast_has_no_depthwise_or_pointwise_convolution_and_auto_follows_the_lowering_platform():
@@ -99,7 +101,7 @@ def test_cpu_fast_has_no_depthwise_or_pointwise_convolution_and_auto_follows_the
   platform a program is lowered for, not by the process's backend: the CPU program is cpu_fast's, a CUDA
   export from this CPU-only machine has the library convolutions, and neither keeps a runtime branch."""
   enc_of = {impl: build_image_encoder("efficientnet_b0", width_mult=0.1, depth_mult=0.1, conv_impl=impl)
-            for impl in layers.CONV_IMPLS}
+            for impl in conv.CONV_IMPLS}
   x = jnp.zeros((2, 32, 32, 3), jnp.float32)
   variables = jax.eval_shape(enc_of["native"].init, jax.random.PRNGKey(0), x)
 
@@ -130,7 +132,7 @@ def test_pointwise_weight_gradient_compiles_without_a_transposed_copy():
   def moves(text: str) -> int:
     return text.count(" transpose(") + text.count(" copy(")
   assert moves(compiled(lambda x, k: jnp.einsum("...c,cd->...d", x, k))) > 0  # what the 2-D form avoids
-  assert moves(compiled(layers._pointwise_dot)) == 0
+  assert moves(compiled(conv._pointwise_dot)) == 0
 
 
 @pytest.mark.parametrize("name,kw", [
@@ -161,3 +163,16 @@ def test_config_key_is_validated():
   config_lib.apply_override(config, "model.conv_impl", "fast")
   with pytest.raises(config_lib.ConfigError, match=r"config.model.conv_impl='fast' is unknown; known: auto, native"):
     validation.validate(config, 1)
+
+
+def test_tap_block_bytes_is_an_argument_of_the_layer_that_reaches_the_taps_gradient():
+  """The row-block budget is passed in (Conv.tap_block_bytes / conv2d's argument), not set on the module: a
+  one-row budget lowers the taps' gradient to another program than the default's whole-tensor block."""
+  x, taps = jnp.ones((1, 1, 12, 5, 4), jnp.float32), jnp.ones((3, 3, 1, 4), jnp.float32)
+
+  def grad_text(budget):
+    loss = lambda x, k: jnp.sum(conv.conv2d(x, k, 1, 1, 4, "cpu_fast", budget))
+    return jax.jit(jax.grad(loss, argnums=1)).lower(x, taps).as_text()
+  one_row = 5 * 4 * 4  # bytes of one row of x
+  assert grad_text(one_row) != grad_text(conv.TAP_GRAD_BLOCK_BYTES)
+  assert grad_text(conv.TAP_GRAD_BLOCK_BYTES) == grad_text(12 * one_row)  # 12 rows fit either budget: one block

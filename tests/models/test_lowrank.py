@@ -13,6 +13,7 @@ from hyperclip_jax import config as config_lib
 from hyperclip_jax import export, optim, sharding, train, validation
 from hyperclip_jax import state as state_lib
 from hyperclip_jax.data import tokenizers
+from hyperclip_jax.models import conv as conv_lib
 from hyperclip_jax.models import layers, lowrank, two_towers
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.py")
@@ -150,7 +151,7 @@ def test_conv_variant_needs_a_1x1_conv_and_rank_must_be_positive():
   class NoPointwise(nn.Module):
     @nn.compact
     def __call__(self, x, train=False):
-      x = layers.Conv(8, 3, 2)(layers.group_images(x, 8, "toy")[0])
+      x = conv_lib.Conv(8, 3, 2)(layers.group_images(x, 8, "toy")[0])
       return nn.Dense(4, name="head")(x.mean((-3, -2)))
   with pytest.raises(ValueError, match=r"variant='conv' needs a 1x1, stride-1 convolution"):
     lowrank.find_target(NoPointwise(), "conv", 16)
