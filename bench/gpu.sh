@@ -10,6 +10,8 @@
 #      224 px, batch 128, bf16 on both sides, plus the 2048 matmul peaks and MFU
 #   5. conv_impl parity on the GPU: native vs cpu_fast convolutions, forward and gradients (bench/conv_parity.py,
 #      efficientnet_b0 --tiny at 64 px: every block kind and stride, a compile that fits the budget)
+#   6. per-device memory of the paper-size step at 256 per device from the GPU's buffer assignment
+#      (bench/step_memory.py: compiled, never run; docs/scaling.md has the CPU backend's figures)
 # Expects the machine's jax/flax/optax/orbax and torch/timm (python3); the wheels missing there (grain,
 # ml_collections, array_record, portpicker, tensorboardX) may be carried in .whl/. No network.
 # Knobs: GPU_SH_QUICK=1 shrinks every part to a tiny CPU smoke check; GPU_SH_SKIP_TRAIN=1 skips parts 1-2 (their
@@ -17,7 +19,7 @@
 # GPU_SH_PYTHON (python3) runs the JAX side, GPU_SH_PEER_PYTHON (python3) the torch side. On the dev machine:
 #   GPU_SH_QUICK=1 GPU_SH_PYTHON=.venv/bin/python GPU_SH_PEER_PYTHON=.venv-peer/bin/python bash bench/gpu.sh
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 PY="${GPU_SH_PYTHON:-python3}"
 PEER_PY="${GPU_SH_PEER_PYTHON:-python3}"
 QUICK="${GPU_SH_QUICK:-0}"
@@ -64,6 +66,7 @@ if [ "$QUICK" = 1 ]; then  # a CPU smoke check of every part: generous limits, a
     part train_demo 900 "$PY" bench/train_step.py --config configs/demo.py:tiny=true --steps 1
   fi
   part conv_parity 600 "$PY" bench/conv_parity.py --tiny --image-size 32 --batch 4
+  part step_memory 600 "$PY" bench/step_memory.py --config configs/demo.py:tiny=true --per-device 8
   part export_vs_timm 600 "$PY" bench/export.py --config configs/demo.py:tiny=true,encoder=tinynet_e --reps 5 \
     --config.model.image.width_mult=1.0 --config.model.image.depth_mult=1.0 --peer-python "$PEER_PY"
   part peer_train_step 900 "$PY" bench/vs_open_clip.py --quick --sweep "" --variants siglip --peer-impl plain \
@@ -88,6 +91,8 @@ echo "# train step vs the torch peer (efficientnet_b0, 224 px, batch 128, bf16, 
 part peer_train_step 200 "$PY" bench/vs_open_clip.py --encoders efficientnet_b0 --sizes 224 --batch 128 \
   --variants siglip --dtype bfloat16 --rounds 5 --steps 5 --sweep "" --peer-impl plain --peer-python "$PEER_PY" \
   --peer-device cuda
+echo "# per-device memory of the paper-size step (efficientnet_b0, 224 px, bf16, paper text tower), compile only"
+part step_memory 90 "$PY" bench/step_memory.py --per-device 256
 # Last: XLA's GPU compile of the cpu_fast form (9 shifted slices per depthwise layer, forward and backward) is the
 # slowest part: the full B0 did not compile in 140 s at 224 px nor in 130 s at 64 px on an H200, so this runs
 # the tiny tower (width 0.1, depth 0.2: every block kind and stride, fewer repeats).
