@@ -8,6 +8,9 @@ workdir's own config.json), so a run can be scored on other data sets or sizes t
 as the model config matches: zero-shot, retrieval and linear probe alike (hyperclip_jax/evaluators). The two
 flags add demo retrieval / linear-probe evaluators. Writes WORKDIR/eval/step_<N>.json ({step, metrics,
 results}, results as in final_eval.json) and prints the same table as the trainer.
+
+On several hosts, run the same command on every host (as the trainer, config.distributed): each host decodes
+1/P of every zero-shot eval set and the results are exactly those of one host (docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -21,10 +24,13 @@ import jax
 import ml_collections
 
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import evaluators, sharding, validation
+from hyperclip_jax import distributed, evaluators, sharding, validation
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
+
+
+DISTRIBUTED_OFF = ml_collections.ConfigDict(dict(mode="off"))  # a config from before config.distributed existed
 
 
 def add_demo_evals(config: Any, retrieval_pairs: int = 0, probe_train: int = 0) -> None:
@@ -70,11 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in overrides:
       config_lib.apply_override(config, key, value)
     add_demo_evals(config, args.retrieval_pairs, args.linear_probe_train)
+    distributed.initialize(config.get("distributed") or DISTRIBUTED_OFF)  # several hosts: before any device use
     validation.validate(config, jax.device_count())
     step, results = evaluate(args.workdir, config, args.step)
   except (config_lib.ConfigError, workdir_lib.RunError) as e:
     print(f"hyperclip-eval: error: {e}", file=sys.stderr)
     return 2
+  if jax.process_index() > 0:  # every host computed the same results; the first writes them
+    return 0
   path = os.path.join(args.workdir, "eval", f"step_{step}.json")
   metrics = {k: float(v) for k, v in evaluators.Evaluators.flat_metrics(results).items()}
   workdir_lib.write_text(args.workdir, f"eval/step_{step}.json",  # local or gs:// workdir

@@ -5,6 +5,7 @@
 that are sums over images (hits, counts) then combine exactly: a sum over hosts of per-host sums. Bad items are
 dropped as in the serial version, so the batches of one host are those of the serial reader over its items.
 """
+import math
 from typing import Any, Iterator
 
 import grain
@@ -74,3 +75,30 @@ def sharded_eval_batches(source: Any, image_size: int, batch_size: int, pp: str 
   finally:
     if hasattr(chunks_it, "close"):  # stops grain's worker processes when the reader is dropped early
       chunks_it.close()
+
+
+def host_eval_batches(source: Any, image_size: int, batch_size: int, pp: str = "", n_eval: int = 0,
+                      worker_count: int = 0, process_index: int = 0, process_count: int = 1
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """This host's rows of every global eval batch, for a jitted evaluator that runs on all hosts in lockstep.
+
+  Host k decodes items k, k+P, ... (sharded_eval_batches) and yields exactly ceil(ceil(n / P) / b) batches of
+  exactly b = batch_size / P rows, the same count on every host: rows past its share (and bad items' places)
+  are zero images labelled -1, which metrics ignore.
+  """
+  if batch_size < process_count or batch_size % process_count:
+    raise ValueError(f"eval batch_size={batch_size} must be a positive multiple of the process count "
+                     f"{process_count}")
+  local = batch_size // process_count
+  n = min(n_eval or len(source), len(source))
+  steps = math.ceil(math.ceil(n / process_count) / local)
+  blank = np.zeros((local, image_size, image_size, 3), np.float32)
+  batches = sharded_eval_batches(source, image_size, local, pp, n_eval, worker_count, process_index, process_count)
+  try:
+    for _ in range(steps):
+      images, labels = next(batches, (blank[:0], np.zeros((0,), np.int32)))
+      pad = local - len(labels)
+      yield (np.concatenate([images, blank[:pad]]) if pad else images,
+             np.concatenate([labels, np.full((pad,), -1, np.int32)]) if pad else labels)
+  finally:
+    batches.close()  # stops its grain workers

@@ -14,7 +14,6 @@ central_crop to config.data.image_size, value_range(-1, 1)); a bad item is skipp
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -112,12 +111,19 @@ def pair_source(data: dict[str, Any]) -> Any:
 
 
 def labelled_batches(source: Any, image_size: int, batch_size: int, pp: str, n: int,
-                     workers: int = 0) -> Callable[[], Iterator]:
-  """() -> iterator of (images f32 [b, S, S, 3] in [-1, 1], labels i32 [b]) over the first n items (0: all),
-  decoded in `workers` grain processes (0: in this one)."""
-  if workers > 0:
-    return functools.partial(eval_input.sharded_eval_batches, source, image_size, batch_size, pp, n, workers)
-  return functools.partial(input_pipeline.make_source_eval_batches, source, image_size, batch_size, pp, n)
+                     workers: int = 0) -> Callable[..., Iterator]:
+  """(process_index=0, process_count=1) -> iterator of (images f32 [b, S, S, 3] in [-1, 1], labels i32 [b]) over
+  the first n items (0: all), decoded in `workers` grain processes (0: in this one). With several processes,
+  each decodes 1/P of the items and yields its rows of every global batch, padded (label -1) to equal counts."""
+
+  def batches(process_index: int = 0, process_count: int = 1) -> Iterator:
+    if process_count > 1:
+      return eval_input.host_eval_batches(source, image_size, batch_size, pp, n, workers, process_index,
+                                          process_count)
+    if workers > 0:
+      return eval_input.sharded_eval_batches(source, image_size, batch_size, pp, n, workers)
+    return input_pipeline.make_source_eval_batches(source, image_size, batch_size, pp, n)
+  return batches
 
 
 def pairs(source: Any, image_size: int, pp: str) -> Callable[[], Iterator[tuple[np.ndarray, str]]]:

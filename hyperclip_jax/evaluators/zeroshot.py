@@ -14,7 +14,7 @@ cifar10) or data; classes, templates, pp, n_eval, batch_size, condition (CONDITI
 from __future__ import annotations
 
 import dataclasses
-import functools
+import sys
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -43,7 +43,9 @@ class ClassificationTask:
   name: str
   class_names: Sequence[str]
   templates: Sequence[str]
-  batches: Any  # callable () -> iterable of (images [b, H, W, 3] float32, labels [b] int32)
+  # callable (process_index=0, process_count=1) -> iterable of (images [b, H, W, 3] float32, labels [b] int32);
+  # with several processes, this host's rows of each global batch, the same count on every host (label -1: pad)
+  batches: Any
 
 
 class ZeroShotEvaluator:
@@ -62,6 +64,10 @@ class ZeroShotEvaluator:
     # The image tower is compiled once per batch shape, whatever the task's class count: the logits against
     # the class embeddings are a small matmul outside it. Every host reads all embeddings.
     self._embed_images = jax.jit(self._image_embeddings, out_shardings=sharding.replicated(mesh))
+    # Several processes: each host decodes 1/P of the images and passes its rows of a global batch; the
+    # embeddings and labels come back whole on every host, so every host computes the same metrics.
+    self._embed_rows = jax.jit(lambda p, s, x, y, g: (self._image_embeddings(p, s, x, g), y),
+                               out_shardings=sharding.replicated(mesh))
     self._n_dev = mesh.size
 
   def _image_embeddings(self, params, batch_stats, images, generated):
@@ -87,23 +93,43 @@ class ZeroShotEvaluator:
     zcls_t = np.asarray(zcls, np.float32).T  # [D, C]
     k = min(5, len(task.class_names))
     hits1 = hitsk = n = 0
-    for images, labels in task.batches():
-      b = images.shape[0]
-      pad = (-b) % self._n_dev  # keep the batch divisible over the mesh; padded rows are dropped below
-      if pad:
-        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-      images = jax.device_put(images, sharding.batch_sharding(self.mesh))
-      zimg = self._embed_images(params, batch_stats, images, generated)
-      logits = np.asarray(zimg)[:b] @ zcls_t  # [b, C]
+    for zimg, labels in self._embedded_batches(params, batch_stats, task, generated):
+      logits = zimg @ zcls_t  # [b, C]
       topk = np.argsort(-logits, axis=1)[:, :k]
       hits1 += int((topk[:, 0] == labels).sum())
       hitsk += int((topk == labels[:, None]).any(1).sum())
-      n += b
+      n += len(labels)
     # top5 is top-min(5, C): 1.0 by definition for tasks of fewer than 5 classes.
     return {"top1": hits1 / n, "top5": hitsk / n,
             "chance": 1.0 / len(task.class_names), "num_classes": len(task.class_names), "num_images": n}
 
+  def _embedded_batches(self, params: Any, batch_stats: Any, task: ClassificationTask, generated: Any):
+    """(image embeddings f32 [b, D], labels [b]) of every eval image, on every host; one process reads all
+    images, several read 1/P each (padding rows, label -1, are dropped here)."""
+    count = jax.process_count()
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    for images, labels in task.batches(jax.process_index(), count):
+      if count > 1:
+        if images.shape[0] % jax.local_device_count():
+          raise ValueError(f"zero-shot task {task.name}: {images.shape[0]} images per host do not split over "
+                           f"{jax.local_device_count()} local devices; use an eval batch_size that is a multiple "
+                           f"of the {jax.device_count()} devices")
+        rows = [jax.make_array_from_process_local_data(batch_sharding, x) for x in (images, labels)]
+        zimg, labels = (np.asarray(x) for x in self._embed_rows(params, batch_stats, rows[0], rows[1], generated))
+        keep = labels >= 0
+        yield zimg[keep], labels[keep]
+        continue
+      b = images.shape[0]
+      pad = (-b) % self._n_dev  # keep the batch divisible over the mesh; padded rows are dropped below
+      if pad:
+        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+      zimg = self._embed_images(params, batch_stats, jax.device_put(images, batch_sharding), generated)
+      yield np.asarray(zimg)[:b], labels
+
   def run(self, params: Any, batch_stats: Any) -> dict[str, dict[str, float]]:
+    if jax.process_count() > 1:
+      print(f"zero-shot: host {jax.process_index()} of {jax.process_count()} decodes 1/{jax.process_count()} of "
+            f"each eval set", file=sys.stderr, flush=True)
     return {t.name: self.run_task(params, batch_stats, t) for t in self.tasks}
 
 
@@ -167,13 +193,20 @@ def tasks_for(config: ml_collections.ConfigDict, name: str, s: dict[str, Any]) -
         if t not in demo_tasks:
           raise ValueError(f"{where}.data.tasks: demo task {t!r} is unknown; known: {', '.join(demo_tasks)}")
         t = demo_tasks[t]
-        out.append(ClassificationTask(t.name, t.class_names, t.templates,
-                                      functools.partial(input_pipeline.make_eval_batches, t, ts["batch_size"])))
+        out.append(ClassificationTask(t.name, t.class_names, t.templates, _demo_batches(t, ts["batch_size"])))
       continue
     source, names, templates = tasks.labelled(data, ts, where)
     batches = eval_data.labelled_batches(source, size, ts["batch_size"], ts["pp"], ts["n_eval"], ts["workers"])
     out.append(ClassificationTask(task, names, templates, batches))
   return out
+
+
+def _demo_batches(task: Any, batch_size: int) -> Any:
+  """A demo task's batches callable: (process_index=0, process_count=1) -> iterator (see ClassificationTask)."""
+  def batches(process_index: int = 0, process_count: int = 1):
+    return input_pipeline.make_eval_batches(task, batch_size, pad_last=process_count > 1,
+                                            process_index=process_index, process_count=process_count)
+  return batches
 
 
 def _condition_sets(s: dict[str, Any]) -> int:

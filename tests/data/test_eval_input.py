@@ -36,3 +36,15 @@ def test_worker_decoded_and_host_sharded_eval_give_the_serial_rows(tmp_path):
   assert sorted(r for h in hosts for r in h) == sorted(_rows(serial))
   hits = lambda rows: sum(int(np.frombuffer(img, np.float32).mean() > 0) == label % 2 for img, label in rows)
   assert sum(hits(h) for h in hosts) == hits(_rows(serial))
+
+
+def test_host_batches_have_equal_counts_and_sizes_with_padding_labelled_minus_one(tmp_path):
+  source = _source(tmp_path)
+  serial = _rows(input_pipeline.make_source_eval_batches(source, 16, 4))
+  hosts = [list(eval_input.host_eval_batches(source, 16, 6, process_index=k, process_count=3)) for k in range(3)]
+  # 11 items over 3 hosts: at most 4 each, 2 rows per host and batch -> 2 batches on every host
+  assert [[b[0].shape for b in batches] for batches in hosts] == [[(2, 16, 16, 3)] * 2] * 3
+  rows = [r for batches in hosts for r in _rows(batches)]
+  assert sorted(r for r in rows if r[1] >= 0) == sorted(serial)  # every good row once
+  pads = [r for r in rows if r[1] < 0]
+  assert len(pads) == 12 - len(serial) and all(not any(np.frombuffer(img, np.float32)) for img, _ in pads)
