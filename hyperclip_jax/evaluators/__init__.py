@@ -14,7 +14,8 @@ Keys per type (all optional; `type` is needed where the name is not a type):
                 classes, templates, pp, n_eval (0: the whole split; demo: at least 1), batch_size, condition
                 (what the hypernet reads: 'classes' = each task's class prompts; 'train_captions' = the first
                 set_size captions of the training source at seed 0, one fixed set for every task;
-                'train_sets_mean' = the norm params averaged over the first condition_sets such sets),
+                'train_sets_mean' = the norm params averaged over the first condition_sets such sets;
+                'wrong_task' = the next task's class prompts, a control),
                 condition_sets (default 64), workers (grain processes decoding tfds/manifest images; 0: inline)
   retrieval     data (default: the demo pairs), pp, num_pairs, batch_size
   linear_probe  data (the test split), train_data (keys that differ from data, e.g. dict(split='train')),

@@ -33,7 +33,9 @@ SETTINGS: settings.Settings = {
     "tasks": (str, ""), "data": (dict, None), "classes": (str, ""), "templates": (str, ""), "pp": (str, ""),
     "n_eval": (int, 0), "batch_size": (int, 256), "condition": (str, "classes"), "condition_sets": (int, 64),
     "workers": (int, 0)}
-CONDITIONS = ("classes", "train_captions", "train_sets_mean")  # `condition`: what the hypernet reads
+# `condition`: what the hypernet reads. wrong_task: the class set of the next task of this evaluator (a control:
+# a model that conditions usefully should lose accuracy under it; one that ignores its set should not)
+CONDITIONS = ("classes", "train_captions", "train_sets_mean", "wrong_task")
 BARE_KEYS = True  # results go under each task's own name (final_eval.json's format), not zeroshot/<task>
 
 
@@ -53,12 +55,16 @@ class ZeroShotEvaluator:
 
   def __init__(self, model: two_towers.TwoTowers, tokenizer: Any, tasks: Iterable[ClassificationTask],
                max_len: int, mesh: jax.sharding.Mesh, condition_texts: Sequence[str] | None = None,
-               condition_sets: int = 1):
+               condition_sets: int = 1, wrong_task: bool = False):
     self.model, self.tokenizer, self.tasks, self.max_len, self.mesh = model, tokenizer, list(tasks), max_len, mesh
     self.condition_texts = list(condition_texts) if condition_texts else None  # None: each task's class set
     if self.condition_texts is not None and (condition_sets < 1 or len(self.condition_texts) % condition_sets):
       raise ValueError(f"{len(self.condition_texts)} conditioning texts do not split into {condition_sets} sets")
     self.condition_sets = condition_sets
+    if wrong_task and (self.condition_texts is not None or len(self.tasks) < 2):
+      raise ValueError("condition='wrong_task' needs at least two tasks (each is conditioned on the next one's "
+                       "classes) and no fixed conditioning texts")
+    self.wrong_task = wrong_task
     self._encode_text = jax.jit(model.encode_text)
     self._generate = jax.jit(model.generate_mean)
     # The image tower is compiled once per batch shape, whatever the task's class count: the logits against
@@ -83,9 +89,14 @@ class ZeroShotEvaluator:
     z = self._encode_text(params, jnp.asarray(tokens))[:len(texts)].reshape(len(class_names), len(templates), -1)
     return two_towers.l2_normalize(z.mean(1))
 
-  def run_task(self, params: Any, batch_stats: Any, task: ClassificationTask) -> dict[str, float]:
+  def run_task(self, params: Any, batch_stats: Any, task: ClassificationTask,
+               condition_task: ClassificationTask | None = None) -> dict[str, float]:
+    """Top-1/top-5 of `task`, the hypernet conditioned on its classes (or on condition_task's classes)."""
     zcls = self.class_embeddings(params, task.class_names, task.templates)
-    if self.condition_texts is None:
+    if condition_task is not None:  # another task's class set; the logits stay against this task's classes
+      zother = self.class_embeddings(params, condition_task.class_names, condition_task.templates)
+      generated = self._generate(params, zother[None])
+    elif self.condition_texts is None:
       generated = self._generate(params, zcls[None])  # one set: the task's classes
     else:  # the fixed texts, each embedded as it is, as condition_sets sets; their norm params averaged
       zset = self.class_embeddings(params, self.condition_texts, ["{}"])  # [N, D]
@@ -130,7 +141,9 @@ class ZeroShotEvaluator:
     if jax.process_count() > 1:
       print(f"zero-shot: host {jax.process_index()} of {jax.process_count()} decodes 1/{jax.process_count()} of "
             f"each eval set", file=sys.stderr, flush=True)
-    return {t.name: self.run_task(params, batch_stats, t) for t in self.tasks}
+    n = len(self.tasks)
+    return {t.name: self.run_task(params, batch_stats, t, self.tasks[(i + 1) % n] if self.wrong_task else None)
+            for i, t in enumerate(self.tasks)}
 
 
 def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -216,7 +229,7 @@ def _condition_sets(s: dict[str, Any]) -> int:
 def _condition_texts(config: ml_collections.ConfigDict, name: str, s: dict[str, Any]) -> list[str] | None:
   """The fixed conditioning texts of condition='train_captions' (one set) or 'train_sets_mean' (condition_sets
   sets, consecutive), None for 'classes'."""
-  if s["condition"] == "classes":
+  if s["condition"] in ("classes", "wrong_task"):
     return None
   try:
     return conditioning.condition_captions(config, _condition_sets(s))
@@ -228,5 +241,6 @@ def build(config: ml_collections.ConfigDict, model: Any, tokenizer: Any, mesh: j
           s: dict[str, Any]) -> tuple[ZeroShotEvaluator, list[str]]:
   """(the evaluator of config.evals.<name>, its task names)."""
   evaluator = ZeroShotEvaluator(model, tokenizer, tasks_for(config, name, s), config.data.max_len, mesh,
-                                _condition_texts(config, name, s), _condition_sets(s))
+                                _condition_texts(config, name, s), _condition_sets(s),
+                                wrong_task=s["condition"] == "wrong_task")
   return evaluator, [t.name for t in evaluator.tasks]

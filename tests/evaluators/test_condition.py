@@ -80,3 +80,43 @@ def test_unknown_condition_is_a_config_error():
     evaluators.validate(_config("tasks"))
   with pytest.raises(config_lib.ConfigError, match=r"config.evals.zeroshot.condition_sets=0 must be at least 1"):
     evaluators.validate(_config("train_sets_mean", condition_sets=0))
+
+
+def test_wrong_task_conditions_each_task_on_the_next_tasks_classes_and_changes_nothing_else():
+  config = _config("wrong_task")
+  config.evals.zeroshot.data.tasks = "colour,position,shape"
+  model = two_towers.build_model(config)
+  variables = model.init(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(2)
+  params = jax.tree.map(lambda p: p + 0.3 * rng.normal(size=p.shape).astype(p.dtype), variables["params"])
+  tokenizer, mesh = tokenizers.get_tokenizer(config.data.tokenizer), sharding.make_mesh(config.mesh)
+  zs = evaluators.build(config, model, tokenizer, mesh).parts[0][1]
+  assert [t.name for t in zs.tasks] == ["colour", "position", "shape"] and zs.wrong_task
+  seen = []  # the sets the hypernet reads, in task order
+  generate = zs._generate
+  zs._generate = lambda p, z: seen.append(np.asarray(z)) or generate(p, z)
+  wrong = zs.run(params, variables["batch_stats"])
+  for z, other in zip(seen, zs.tasks[1:] + zs.tasks[:1]):
+    np.testing.assert_allclose(z[0], zs.class_embeddings(params, other.class_names, other.templates), atol=1e-6)
+  zs.wrong_task, seen[:] = False, []
+  right = zs.run(params, variables["batch_stats"])
+  assert [z.shape[1] for z in seen] == [len(t.class_names) for t in zs.tasks]  # each task's own classes
+  for name in right:  # the same images and classes: only the conditioning differs
+    assert {k: v for k, v in wrong[name].items() if not k.startswith("top")} == \
+        {k: v for k, v in right[name].items() if not k.startswith("top")}
+  assert any(wrong[t]["top1"] != right[t]["top1"] for t in right)
+
+  config.model.variant = "siglip"  # no hypernetwork: nothing to condition, the same numbers
+  model = two_towers.build_model(config)
+  variables = model.init(jax.random.PRNGKey(0))
+  zs = evaluators.build(config, model, tokenizer, mesh).parts[0][1]
+  wrong = zs.run(variables["params"], variables["batch_stats"])
+  zs.wrong_task = False
+  assert zs.run(variables["params"], variables["batch_stats"]) == wrong
+
+
+def test_wrong_task_needs_two_tasks():
+  config = _config("wrong_task")  # one task: colour
+  model = two_towers.build_model(config)
+  with pytest.raises(ValueError, match="condition='wrong_task' needs at least two tasks"):
+    evaluators.build(config, model, tokenizers.get_tokenizer(config.data.tokenizer), sharding.make_mesh(config.mesh))
