@@ -64,6 +64,10 @@ def write_text(workdir: str, name: str, text: str) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's resolved config; `workdir` may also be a model directory (hyperclip-export --model-only)."""
+  from hyperclip_jax import model_dir  # late: model_dir builds Runs
+  if model_dir.is_model_dir(workdir):
+    return model_dir.read_config(workdir)
   path = storage.join(workdir, "config.json")
   try:
     found = storage.isfile(path)
@@ -77,8 +81,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def load_run(workdir: str, step: int | None = None, config: ml_collections.ConfigDict | None = None) -> Run:
   """Restores params and batch_stats of `step` (default: the newest) onto this process's devices.
 
-  `config` overrides the workdir's config.json (it must describe the same model).
+  `config` overrides the workdir's config.json (it must describe the same model). `workdir` may also be a model
+  directory (hyperclip-export --model-only): its one step is restored.
   """
+  from hyperclip_jax import model_dir  # late: model_dir builds Runs
+  if model_dir.is_model_dir(workdir):
+    return model_dir.load_run(workdir, step, config)
   from hyperclip_jax import optim, sharding, train  # late: the trainer's state layout is the checkpoint's
   from hyperclip_jax.models import two_towers
   config = config if config is not None else read_config(workdir)

@@ -1,0 +1,88 @@
+"""The model card (README.md) hyperclip-export writes next to an exported classifier.
+
+It is built from the manifest alone plus the source run's logged eval metrics (model_dir.eval_metrics), so it
+says only what the export knows: where the weights came from, what goes in and out, how each format was checked.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+CARD = "README.md"
+PATENT = ("The HyperCLIP method is the subject of a US patent application (US20260094424A1). The hyperclip_jax "
+          "code is Apache-2.0 licensed; users should judge for themselves whether their use of the method needs "
+          "a licence.")
+VARIANTS = {"hyperclip": "HyperCLIP: a hypernetwork generated the image encoder's norm scales/biases from the "
+                         "class prompts (folded into the weights here)",
+            "siglip": "SigLIP baseline: a plain two-tower model, no hypernetwork"}
+
+
+def _list(names: Sequence[str], limit: int = 20) -> str:
+  shown = ", ".join(f"`{n}`" for n in names[:limit])
+  return shown + (f", ... ({len(names) - limit} more: classes.json)" if len(names) > limit else "")
+
+
+def render(manifest: dict[str, Any], class_names: Sequence[str], metrics: dict[str, float]) -> str:
+  m, src, s = manifest["model"], manifest["source"], manifest["input_size"]
+  condition = manifest["condition"]
+  condition = ("the class prompts" if condition == "classes" else
+               f"the mean norm params of {next(iter(condition.values()))} sets of training captions")
+  lines = [
+      f"# Zero-shot classifier: {len(class_names)} classes, {m['image_encoder']} ({m['variant']})", "",
+      "Written by `hyperclip-export` (hyperclip_jax). Load it with `hyperclip_jax.export.load_classifier(DIR)` "
+      "or `hyperclip-predict --model DIR IMAGES`; docs/deploy.md has onnxruntime and jax examples.", "",
+      "## Source", "",
+      f"- run: `{src['workdir']}`, step {src['step']}, config hash `{src['config_hash']}`",
+      f"- variant: `{m['variant']}`: {VARIANTS.get(m['variant'], 'see the project README')}",
+      f"- image encoder: `{m['image_encoder']}`, embedding dim {m['embed_dim']}, dtype {m['dtype']}",
+      f"- the hypernet read {condition}" if m["variant"] != "siglip" else "- no hypernet",
+      "", "## Input and output", "",
+      f"- input: {manifest['input']}, any N",
+      f"- preprocessing (yours, before the call): decode to RGB, resize to {s}x{s} (bilinear); the classifier "
+      f"itself maps uint8 to [-1, 1] (`{manifest['preprocessing']}`)",
+      f"- output: logits float32 [N, {len(class_names)}] = {manifest['logits']}, temperature "
+      f"{manifest['temperature']:.6g}, bias {manifest['bias']:.6g}; scores: {manifest['score']} of the logits",
+      "", "## Classes and templates", "",
+      f"- {len(class_names)} classes, in logit order (classes.json): {_list(list(class_names))}",
+      f"- {manifest['num_templates']} prompt templates, class embeddings averaged over them: "
+      f"{_list(manifest['templates'], 5)}",
+      "", "## Zero-shot accuracy of the source run", "",
+  ]
+  zs = {k: v for k, v in sorted(metrics.items()) if k.startswith("zeroshot/")}
+  if zs:
+    lines += [f"Logged by the run's evaluators at step {src['step']} on its eval data (its own class lists, which "
+              "may differ from this export's):", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in zs.items()]
+  else:
+    lines.append(f"None logged at step {src['step']} (score it: `hyperclip-eval --workdir RUN --step "
+                 f"{src['step']}`).")
+  lines += ["", "## Formats", "", "| file | format | check |", "|---|---|---|"]
+  for name, f in manifest["formats"].items():
+    check = f.get("check")
+    if name == "stablehlo":
+      what = (f"reference; platforms {', '.join(f['platforms'])}; matches the unfolded model (tests/export)")
+    elif check:
+      what = (f"onnxruntime {check['onnxruntime']} vs the jax artifact on {check['images']} images: max |diff| "
+              f"{check['max_abs_diff']:.3g} (tolerance {check['tolerance']:.3g}), top-1 agreement "
+              f"{check['top1_agreement']:.3f}")
+    else:
+      what = "unchecked"
+    lines.append(f"| {f['file']} | {name} | {what} |")
+  lines += ["", "tflite and timm (PyTorch) exports are not yet available.", "",
+            "## Licence and patent", "", "Exported with hyperclip_jax, Apache-2.0. The weights come from the "
+            "source run above; its training data's terms apply to them.", "", PATENT, ""]
+  return "\n".join(lines)
+
+
+def write(out_dir: str, manifest: dict[str, Any], class_names: Sequence[str]) -> str:
+  """Writes out_dir/README.md; returns its path."""
+  from hyperclip_jax import model_dir
+  src = manifest["source"]
+  try:
+    metrics = model_dir.eval_metrics(src["workdir"], src["step"])
+  except (OSError, ValueError):  # an unreadable metrics file costs the card its accuracy table only
+    metrics = {}
+  path = os.path.join(out_dir, CARD)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(render(manifest, class_names, metrics))
+  return path
