@@ -60,9 +60,9 @@ def render(manifest: dict[str, Any], class_names: Sequence[str], metrics: dict[s
   for name, f in manifest["formats"].items():
     check = f.get("check")
     if name == "stablehlo":
-      what = (f"reference; platforms {', '.join(f['platforms'])}; matches the unfolded model (tests/export)")
+      what = f"the reference (jax.export of the folded model); platforms {', '.join(f['platforms'])}"
     elif check:
-      what = (f"onnxruntime {check['onnxruntime']} vs the jax artifact on {check['images']} images: max |diff| "
+      what = (f"onnxruntime {check['onnxruntime']} vs the jax artifact on {check['images']} images: max abs diff "
               f"{check['max_abs_diff']:.3g} (tolerance {check['tolerance']:.3g}), top-1 agreement "
               f"{check['top1_agreement']:.3f}")
     else:
