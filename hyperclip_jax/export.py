@@ -146,6 +146,7 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
   StableHLO artifact is always written; 'onnx' adds classifier.onnx, checked against it (export_onnx). A model
   card (README.md, model_card) describes the result."""
   import orbax.checkpoint as ocp
+
   from hyperclip_jax.data import tokenizers
   from hyperclip_jax.models import two_towers
   if not class_names or len(set(class_names)) != len(class_names) or not all(str(c).strip() for c in class_names):
@@ -286,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     platforms = args.platforms.split(",") if args.platforms else list(dict.fromkeys([here, "cpu"]))
     manifest = export_classifier(run, names, templates, args.out, platforms=platforms, condition=args.condition,
                                  condition_sets=args.condition_sets, formats=formats)
-  except (ExportError, ValueError, classnames.ClassListError, workdir_lib.RunError) as e:
+  except (ExportError, model_dir.ModelDirError, classnames.ClassListError, workdir_lib.RunError) as e:
     print(f"hyperclip-export: error: {e}", file=sys.stderr)
     return 2
   print(f"exported {manifest['num_classes']} classes x {manifest['num_templates']} templates from step "

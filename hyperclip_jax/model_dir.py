@@ -31,6 +31,10 @@ CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 MARKER = "model.json"  # what tells a model directory from a training workdir
 FORMAT_VERSION = 1
+class ModelDirError(ValueError):
+  """A model directory that cannot be written or read; the message says what to do."""
+
+
 _VOCAB_ARG = re.compile(r"\b(model|vocab)\s*=\s*(['\"])([^'\"]+)\2")  # sentencepiece(model=...), clip_bpe(vocab=...)
 
 
@@ -68,7 +72,7 @@ def write_model_dir(run: Any, out_dir: str) -> dict[str, Any]:
 
   from hyperclip_jax import config as config_lib
   if storage.is_remote(out_dir):
-    raise ValueError(f"--out {out_dir!r}: write the model directory to a local path, then copy it")
+    raise ModelDirError(f"--out {out_dir!r}: write the model directory to a local path, then copy it")
   config = run.config
   tree = {"params": jax.tree.map(np.asarray, jax.device_get(run.params)),
           "batch_stats": jax.tree.map(np.asarray, jax.device_get(run.batch_stats))}
@@ -107,11 +111,18 @@ def read_config(directory: str) -> Any:
   """The model's config, with a copied vocabulary file's path pointing into the directory."""
   import ml_collections
   config = ml_collections.ConfigDict(json.loads(storage.read_bytes(storage.join(directory, CONFIG)).decode()))
+  return _localize(config, directory)
+
+
+def _localize(config: Any, directory: str) -> Any:
+  """`config` with the tokenizer's vocabulary file(s) read from the directory's copies."""
   tok = json.loads(storage.read_bytes(storage.join(directory, TOKENIZER)).decode("utf-8"))
-  spec = tok["spec"]
+  spec = str(config.data.tokenizer)
   for original, copy in tok.get("files", {}).items():
     spec = spec.replace(original, storage.join(storage.resolve(directory), *copy.split("/")))
-  config.data.tokenizer = spec
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.tokenizer = spec
   return config
 
 
@@ -131,15 +142,14 @@ def load_run(directory: str, step: int | None = None, config: Any = None) -> Any
     raise workdir_lib.RunError(f"model directory {directory!r} holds step {saved} only; drop --step or pass "
                                f"--step {saved}")
   stored = read_config(directory)
-  if config is not None and config_lib.model_signature(config) != config_lib.model_signature(stored):
+  config = stored if config is None else _localize(config, directory)
+  if config_lib.model_signature(config) != config_lib.model_signature(stored):
     raise workdir_lib.RunError(f"the given config describes another model than {directory!r} holds; pass a config "
                                "with its config.model (or none: its own config.json)")
-  config = stored if config is None else config
   tree = dict(ocp.StandardCheckpointer().restore(os.path.abspath(storage.join(directory, PARAMS))))
   tree["batch_stats"] = {"img": {}, **(tree.get("batch_stats") or {})}  # a ViT's is empty: Orbax drops it
   _check_shapes(config, tree, directory)
-  run = workdir_lib.Run(directory, config, int(saved), tree["params"], tree["batch_stats"])
-  return run
+  return workdir_lib.Run(directory, config, int(saved), tree["params"], tree["batch_stats"])
 
 
 def _check_shapes(config: Any, tree: dict[str, Any], directory: str) -> None:
@@ -176,7 +186,7 @@ def load_model(directory: str) -> Model:
   from hyperclip_jax.data import tokenizers
   from hyperclip_jax.models import two_towers
   if not is_model_dir(directory):
-    raise ValueError(f"{directory!r} is not a model directory (no {MARKER}); write one with "
+    raise ModelDirError(f"{directory!r} is not a model directory (no {MARKER}); write one with "
                      "hyperclip-export --workdir RUN --model-only --out DIR")
   run = load_run(directory)
   return Model(directory, run.config, run.step, two_towers.build_model(run.config), run.params, run.batch_stats,

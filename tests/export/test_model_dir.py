@@ -13,6 +13,8 @@ from export_runs import make_run
 import hyperclip_jax
 from hyperclip_jax import evaluate, export
 from hyperclip_jax import workdir as workdir_lib
+from hyperclip_jax.data import tokenizers
+from hyperclip_jax.models import two_towers
 
 
 def _leaves(tree):
@@ -112,3 +114,25 @@ def test_eval_on_a_model_dir_reproduces_the_trained_run(trained_run, tmp_path):
     assert results[task]["top1"] == pytest.approx(r["top1"], abs=1e-9)
   meta = json.loads(open(os.path.join(model, "model.json")).read())  # the run's logged metrics travel along
   assert meta["eval_metrics"]["zeroshot/colour/top1"] == pytest.approx(final["colour"]["top1"], abs=1e-6)
+
+
+def test_a_vocabulary_file_travels_with_the_model(tmp_path):
+  shipped = os.path.join(os.path.dirname(hyperclip_jax.__file__), "data", "vocab", "bpe_simple_vocab_16e6.txt.gz")
+  vocab = tmp_path / "vocab" / "bpe.txt.gz"
+  vocab.parent.mkdir()
+  vocab.write_bytes(open(shipped, "rb").read())
+  workdir = make_run(tmp_path / "run", **{"data.tokenizer": f"clip_bpe(vocab='{vocab}')"})
+  texts = ["a red circle", "a blue square"]
+  run = workdir_lib.load_run(workdir)
+  tok = tokenizers.get_tokenizer(run.config.data.tokenizer)
+  want = np.asarray(jax.jit(two_towers.build_model(run.config).encode_text)(run.params, tok.encode(texts, 24)))
+  out = tmp_path / "model"
+  assert export.main(["--workdir", workdir, "--model-only", "--out", str(out)]) == 0
+  vocab.unlink()  # the model directory no longer needs the run's files
+  assert json.loads((out / "tokenizer.json").read_text())["files"] == {str(vocab): "tokenizer/bpe.txt.gz"}
+  loaded = hyperclip_jax.load_model(str(out))
+  assert loaded.config.data.tokenizer == f"clip_bpe(vocab='{out / 'tokenizer' / 'bpe.txt.gz'}')"
+  assert loaded.tokenizer.vocab_size == tok.vocab_size > 40_000
+  assert np.array_equal(loaded.encode_text(texts), want)
+  step, _ = evaluate.evaluate(str(out), workdir_lib.read_config(str(out)))  # its own config: the same model
+  assert step == 3
