@@ -157,6 +157,10 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
     raise ExportError(f"condition {condition!r} is unknown; known: {', '.join(CONDITIONS)}")
   if condition_sets < 1:
     raise ExportError(f"condition_sets={condition_sets} must be at least 1")
+  formats = parse_formats(",".join(formats))
+  if "onnx" in formats:
+    from hyperclip_jax import export_onnx
+    export_onnx.require()
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown:
     raise ExportError(f"platform {unknown[0]!r} is unknown; known: {', '.join(PLATFORMS)}")
@@ -218,7 +222,6 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
       "formats": {"stablehlo": {"file": ARTIFACT, "platforms": list(platforms)}},
   }
   if "onnx" in formats:  # traced with library convolutions (what ONNX runtimes optimise), checked against the jax one
-    from hyperclip_jax import export_onnx
     with config.unlocked():
       config.model.conv_impl = "native"
     native, native_logits = fold_classifier(two_towers.build_model(config), params, batch_stats, zcls, zsets)

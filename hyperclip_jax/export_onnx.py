@@ -302,15 +302,21 @@ def check(path: str, reference: Callable[[Any], Any], input_size: int, num: int 
   return result
 
 
-def write(out_dir: str, fn: Callable[[Any], Any], input_size: int, reference: Callable[[Any], Any]) -> dict[str, Any]:
-  """Writes out_dir/classifier.onnx for fn and checks it against `reference` (the jax artifact); returns the
-  manifest's formats.onnx entry."""
+def require() -> None:
+  """Raises ExportError unless onnx and onnxruntime import (checked before anything is exported)."""
   from hyperclip_jax.export import ExportError
   try:
     import onnx  # noqa: F401
     import onnxruntime  # noqa: F401
   except ImportError:
     raise ExportError('--format onnx needs onnx and onnxruntime: pip install "hyperclip_jax[onnx]"') from None
+
+
+def write(out_dir: str, fn: Callable[[Any], Any], input_size: int, reference: Callable[[Any], Any]) -> dict[str, Any]:
+  """Writes out_dir/classifier.onnx for fn and checks it against `reference` (the jax artifact); returns the
+  manifest's formats.onnx entry."""
+  from hyperclip_jax.export import ExportError
+  require()
   try:
     data = convert(fn, input_size)
   except ConversionError as e:

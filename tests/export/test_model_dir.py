@@ -112,6 +112,9 @@ def test_eval_on_a_model_dir_reproduces_the_trained_run(trained_run, tmp_path):
   assert step == 2 and set(results) == set(final) == {"colour", "shape", "position"}
   for task, r in final.items():
     assert results[task]["top1"] == pytest.approx(r["top1"], abs=1e-9)
+  assert evaluate.main(["--workdir", model]) == 0  # the command line takes it too
+  with open(os.path.join(model, "eval", "step_2.json")) as f:
+    assert json.load(f)["results"]["shape"]["top1"] == pytest.approx(final["shape"]["top1"], abs=1e-9)
   meta = json.loads(open(os.path.join(model, "model.json")).read())  # the run's logged metrics travel along
   assert meta["eval_metrics"]["zeroshot/colour/top1"] == pytest.approx(final["colour"]["top1"], abs=1e-6)
 

@@ -1,6 +1,7 @@
 """--format onnx: classifier.onnx has the jax artifact's contract and logits (onnxruntime), and a model card
 describes the export."""
 import json
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +51,26 @@ def test_onnx_classifier_gives_the_jax_artifacts_logits(tmp_path, variant, encod
 def test_a_primitive_without_translation_is_a_one_line_error():
   with pytest.raises(export_onnx.ConversionError, match=r"^jax primitive 'sort' has no ONNX translation here$"):
     export_onnx.convert(lambda x: jnp.sort(x.astype(jnp.float32).reshape(x.shape[0], -1), axis=-1), 4)
+
+
+def test_a_difference_past_the_tolerance_fails_the_check(tmp_path):
+  fn = lambda x: x.astype(jnp.float32).mean((1, 2)) / 255.0  # noqa: E731  [n, 3] "logits"
+  path = tmp_path / "m.onnx"
+  path.write_bytes(export_onnx.convert(fn, 4))
+  result = export_onnx.check(str(path), fn, 4)
+  assert result["max_abs_diff"] <= 1e-6 and result["tolerance"] == pytest.approx(2e-4)
+  with pytest.raises(export_onnx.ConversionError, match=r"differs from the jax artifact by 0.01 \(tolerance "):
+    export_onnx.check(str(path), lambda x: fn(x) + 0.01, 4)
+
+
+def test_missing_onnxruntime_is_a_one_line_error_before_any_export(trained_run, tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+  out = tmp_path / "clf"
+  assert export.main(["--workdir", trained_run, "--classes", "demo:colour", "--out", str(out),
+                      "--format", "onnx"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and 'needs onnx and onnxruntime: pip install "hyperclip_jax[onnx]"' in err
+  assert not out.exists()
 
 
 def test_cli_onnx_export_writes_a_model_card(trained_run, tmp_path, capsys):
