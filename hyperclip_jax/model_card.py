@@ -74,6 +74,34 @@ def render(manifest: dict[str, Any], class_names: Sequence[str], metrics: dict[s
   return "\n".join(lines)
 
 
+def render_model(meta: dict[str, Any], config: Any) -> str:
+  """The card of a model directory (hyperclip-export --model-only)."""
+  from hyperclip_jax.data.input_pipeline import EVAL_PP
+  src, s = meta["source"], int(config.data.image_size)
+  zs = {k: v for k, v in sorted(meta.get("eval_metrics", {}).items()) if k.startswith("zeroshot/")}
+  lines = [
+      f"# HyperCLIP model: {meta['image_encoder']} ({meta['variant']}), step {src['step']}", "",
+      "Written by `hyperclip-export --model-only` (hyperclip_jax): text tower, hypernetwork, image tower, log "
+      "temperature `t` and bias `b` as plain Orbax params (`params/`), the resolved config (`config.json`) and "
+      "the tokenizer spec (`tokenizer.json`). `hyperclip_jax.load_model(DIR)` rebuilds it; "
+      "`orbax.checkpoint.StandardCheckpointer().restore(DIR/params)` reads the weights alone.", "",
+      f"- run: `{src['workdir']}`, step {src['step']}, config hash `{src['config_hash']}`",
+      f"- variant: `{meta['variant']}`" + ("" if meta["variant"] == "siglip" else ": a hypernetwork generates "
+                                          "the image encoder's norm scales/biases from a set of text embeddings"),
+      f"- image encoder: `{meta['image_encoder']}`, input {s}x{s} RGB; eval preprocessing `{EVAL_PP.format(size=s)}`",
+      f"- tokenizer: `{config.data.tokenizer}`, max_len {config.data.max_len}", "",
+      "## Zero-shot accuracy of the source run", "",
+  ]
+  if zs:
+    lines += [f"Logged by the run's evaluators at step {src['step']} on its eval data:", "", "| metric | value |",
+              "|---|---|", *[f"| {k} | {v:.4f} |" for k, v in zs.items()]]
+  else:
+    lines.append("None logged at this step (score it: `hyperclip-eval --workdir DIR`).")
+  lines += ["", "## Licence and patent", "", "Exported with hyperclip_jax, Apache-2.0. The weights come from the "
+            "source run above; its training data's terms apply to them.", "", PATENT, ""]
+  return "\n".join(lines)
+
+
 def write(out_dir: str, manifest: dict[str, Any], class_names: Sequence[str]) -> str:
   """Writes out_dir/README.md; returns its path."""
   from hyperclip_jax import model_dir

@@ -9,6 +9,7 @@ DIR holds
   config.json      the run's resolved config (what two_towers.build_model reads)
   tokenizer.json   the tokenizer spec and max_len; vocabulary files it names are copied to tokenizer/
   model.json       format version, source workdir, step and config hash, and the run's eval metrics at that step
+  README.md        a model card (model_card.render_model)
 
 `orbax.checkpoint.StandardCheckpointer().restore(DIR + "/params")` reads the weights with no project import;
 `load_model(DIR)` rebuilds the model, and hyperclip-export / hyperclip-eval take DIR as their --workdir.
@@ -100,6 +101,9 @@ def write_model_dir(run: Any, out_dir: str) -> dict[str, Any]:
           "params": sorted(tree["params"]), "eval_metrics": eval_metrics(run.workdir, int(run.step))}
   with open(os.path.join(out_dir, MARKER), "w", encoding="utf-8") as f:
     json.dump(meta, f, indent=2, sort_keys=True)
+  from hyperclip_jax import model_card
+  with open(os.path.join(out_dir, model_card.CARD), "w", encoding="utf-8") as f:
+    f.write(model_card.render_model(meta, config))
   return meta
 
 

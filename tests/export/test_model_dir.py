@@ -33,7 +33,7 @@ def run_and_model(tmp_path_factory):
 
 def test_model_dir_restores_with_plain_orbax_and_no_project_import(run_and_model, tmp_path):
   workdir, model = run_and_model
-  assert sorted(os.listdir(model)) == ["config.json", "model.json", "params", "tokenizer.json"]
+  assert sorted(os.listdir(model)) == ["README.md", "config.json", "model.json", "params", "tokenizer.json"]
   code = ("import json, sys, numpy as np, jax\n"
           "import orbax.checkpoint as ocp\n"
           f"tree = ocp.StandardCheckpointer().restore({os.path.join(model, 'params')!r})\n"
@@ -117,6 +117,9 @@ def test_eval_on_a_model_dir_reproduces_the_trained_run(trained_run, tmp_path):
     assert json.load(f)["results"]["shape"]["top1"] == pytest.approx(final["shape"]["top1"], abs=1e-9)
   meta = json.loads(open(os.path.join(model, "model.json")).read())  # the run's logged metrics travel along
   assert meta["eval_metrics"]["zeroshot/colour/top1"] == pytest.approx(final["colour"]["top1"], abs=1e-6)
+  card = open(os.path.join(model, "README.md"), encoding="utf-8").read()
+  assert f"| zeroshot/colour/top1 | {final['colour']['top1']:.4f} |" in card
+  assert "efficientnet_b0 (hyperclip), step 2" in card and "US20260094424A1" in card
 
 
 def test_a_vocabulary_file_travels_with_the_model(tmp_path):
