@@ -236,7 +236,7 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
 
 # ---- command line ---------------------------------------------------------------------------------------------
 FORMATS = ("stablehlo", "onnx")
-NOT_YET = {"tflite": "it needs TensorFlow (jax2tf)", "timm": "it needs PyTorch"}  # planned formats
+NOT_YET = {"tflite": "it needs TensorFlow's jax2tf", "timm": "it needs PyTorch"}  # planned formats
 
 
 def parse_formats(text: str) -> list[str]:
