@@ -150,7 +150,7 @@ def load_run(directory: str, step: int | None = None, config: Any = None) -> Any
   if config_lib.model_signature(config) != config_lib.model_signature(stored):
     raise workdir_lib.RunError(f"the given config describes another model than {directory!r} holds; pass a config "
                                "with its config.model (or none: its own config.json)")
-  tree = dict(ocp.StandardCheckpointer().restore(os.path.abspath(storage.join(directory, PARAMS))))
+  tree = dict(ocp.StandardCheckpointer().restore(storage.resolve(storage.join(directory, PARAMS))))
   tree["batch_stats"] = {"img": {}, **(tree.get("batch_stats") or {})}  # a ViT's is empty: Orbax drops it
   _check_shapes(config, tree, directory)
   return workdir_lib.Run(directory, config, int(saved), tree["params"], tree["batch_stats"])
