@@ -23,7 +23,8 @@ setuptools.setup(
     package_data={"hyperclip_jax": ["evaluators/data/*", "data/vocab/*"]},
     install_requires=_requirements(),
     # gs:// workdirs and shards (docs/storage.md); gcsfs needs fsspec>=2026.9.0, pinned in requirements.txt
-    extras_require={"gcs": ["gcsfs==2026.10.1"]},
+    # --format onnx (hyperclip_jax.export_onnx): the converter's onnx and the export-time check's onnxruntime
+    extras_require={"gcs": ["gcsfs==2026.10.1"], "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0"]},
     entry_points={
         "console_scripts": [
             "hyperclip-train=hyperclip_jax.train:main",

@@ -1,7 +1,8 @@
 """The exported zero-shot classifier against the plain image encoder: forward time and size on disk.
 
   .venv/bin/python bench/export.py [--workdir RUN] [--config configs/demo.py] [--classes demo:colour]
-                                   [--reps 50] [--peer-python .venv-peer/bin/python] [--config.a.b=v ...]
+                                   [--reps 50] [--formats stablehlo,onnx] [--peer-python .venv-peer/bin/python]
+                                   [--config.a.b=v ...]
 
 Prints one JSON line per figure. "exported" is load_classifier(DIR) (the deserialized StableHLO artifact:
 folded weights, uint8 images -> logits); "plain" is the same image tower with its own norm params and no
@@ -9,6 +10,10 @@ hypernet (the SigLIP baseline's deployment: BatchNorm in eval mode, unfolded), j
 conversion and logits. Goal: exported / plain <= 1.05 (folding should make it at most as slow). Without
 --workdir, a run of random weights is written to a temporary workdir (same shapes and checkpoint size as a
 trained one of the config).
+
+"onnxruntime" (with --formats ...,onnx, the default when onnxruntime is installed) is the exported
+classifier.onnx in an onnxruntime CPU session (default threads, all graph optimisations), timed in turn with the
+jax sides on the same uint8 images; one row per format and batch (`classifier_forward_ms`, side=format).
 
 "timm" is the same encoder architecture in timm eager PyTorch, channels_last, eval mode, inference_mode, with
 a bias-free head and the logits against fixed class embeddings (bench/peer_torch.py, run in the peer venv as a
@@ -49,18 +54,18 @@ def _du(path: str) -> int:
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def _time_pair(fn_a, fn_b, x, reps: int, warmup: int = 3) -> tuple[list[float], list[float]]:
-  """Seconds per call of fn_a and fn_b, alternated call by call (a shared CPU's load drifts), after
-  warm-up calls (compile excluded)."""
+def _time_calls(fns, x, reps: int, warmup: int = 3) -> list[list[float]]:
+  """Seconds per call of each of fns, alternated call by call (a shared CPU's load drifts), after warm-up
+  calls (compile excluded)."""
   for _ in range(warmup):
-    jax.block_until_ready((fn_a(x), fn_b(x)))
-  times_a, times_b = [], []
+    jax.block_until_ready([fn(x) for fn in fns])
+  times = [[] for _ in fns]
   for _ in range(reps):
-    for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+    for fn, t in zip(fns, times):
       t0 = time.perf_counter()
       jax.block_until_ready(fn(x))
-      times.append(time.perf_counter() - t0)
-  return times_a, times_b
+      t.append(time.perf_counter() - t0)
+  return times
 
 
 def _write_run(config, workdir: str) -> str:
@@ -85,6 +90,8 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--config", default="configs/demo.py", help="config when no --workdir is given")
   parser.add_argument("--classes", default="demo:colour")
   parser.add_argument("--reps", type=int, default=50)
+  parser.add_argument("--formats", default=None,
+                      help="stablehlo[,onnx] (default: both when onnxruntime is installed)")
   parser.add_argument("--peer-python", default=peer_client.DEFAULT_PYTHON,
                       help="python with torch + timm for the timm figures ('none' = skip them)")
   parser.add_argument("--peer-device", default=None, help="cpu | cuda (default: cuda when JAX runs on a GPU)")
@@ -100,8 +107,20 @@ def main(argv: list[str]) -> None:
   run = workdir_lib.load_run(workdir)
   names, templates = classnames.resolve(args.classes)
   out = os.path.join(tmp, "classifier")
-  export.export_classifier(run, names, templates, out, platforms=(jax.export.default_export_platform(),))
+  if args.formats is None:
+    try:
+      import onnxruntime  # noqa: F401
+      args.formats = "stablehlo,onnx"
+    except ImportError:
+      args.formats = "stablehlo"
+  formats = export.parse_formats(args.formats)
+  manifest = export.export_classifier(run, names, templates, out, platforms=(jax.export.default_export_platform(),),
+                                      formats=formats)
   clf = export.load_classifier(out)
+  session = None
+  if "onnx" in formats:
+    import onnxruntime as ort
+    session = ort.InferenceSession(os.path.join(out, "classifier.onnx"), providers=["CPUExecutionProvider"])
   s = clf.input_size
 
   model = two_towers.build_model(run.config)
@@ -133,12 +152,15 @@ def main(argv: list[str]) -> None:
     if peer is not None:
       built = peer.call("build_clf", encoder=run.config.model.image.name, image_size=s, classes=len(names),
                         embed_dim=model.embed_dim, batch=batch, seed=batch)
-    times_exp, times_plain, times_timm = [], [], []
-    for r in range(rounds):  # the three in turn: a shared machine's drift falls on all
-      a, b = _time_pair(clf, lambda x: np.asarray(plain(x)), images, args.reps // rounds,
-                        warmup=3 if r == 0 else 0)  # both: numpy logits
+    times_exp, times_plain, times_timm, times_onnx = [], [], [], []
+    fns = [clf, lambda x: np.asarray(plain(x))]  # all: numpy logits
+    if session is not None:
+      fns.append(lambda x: session.run(["logits"], {"images": x})[0])
+    for r in range(rounds):  # all in turn: a shared machine's drift falls on all
+      a, b, *o = _time_calls(fns, images, args.reps // rounds, warmup=3 if r == 0 else 0)
       times_exp += a
       times_plain += b
+      times_onnx += o[0] if o else []
       if peer is not None:
         times_timm += peer.call("time_clf", reps=args.reps // rounds)["times"]
     t_exp, t_plain = statistics.median(times_exp), statistics.median(times_plain)
@@ -147,6 +169,11 @@ def main(argv: list[str]) -> None:
     for side, t in (("exported", t_exp), ("plain", t_plain)):
       figures.emit("classifier_forward_ms", round(t * 1e3, 3), "ms", side=side, batch=batch, reps=len(times_exp),
                    **common)
+    for fmt, times in (("stablehlo", times_exp), ("onnx", times_onnx)):  # one row per exported format
+      if times:
+        extra = {"onnxruntime": ort.__version__} if fmt == "onnx" else {"jax": jax.__version__}
+        figures.emit("format_forward_ms", round(statistics.median(times) * 1e3, 3), "ms", format=fmt, batch=batch,
+                     reps=len(times), **extra, **common)
     if peer is not None:
       t_timm = statistics.median(times_timm)
       figures.emit("classifier_forward_ms", round(t_timm * 1e3, 3), "ms", side="timm_channels_last", batch=batch,
@@ -157,6 +184,9 @@ def main(argv: list[str]) -> None:
   if peer is not None:
     peer.close()
   step_dir = os.path.join(workdir, "checkpoints", str(run.step))
+  if session is not None:
+    figures.emit("onnx_bytes", _du(os.path.join(out, "classifier.onnx")), "bytes",
+                 check=manifest["formats"]["onnx"]["check"], **common)
   figures.emit("artifact_bytes", _du(os.path.join(out, export.ARTIFACT)), "bytes",
                folded_params=_du(os.path.join(out, export.PARAMS)), training_checkpoint=_du(step_dir),
                training_params_only=int(sum(np.asarray(x).nbytes for x in jax.tree.leaves((params, batch_stats)))),

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import distributed, evaluators, sharding, validation
+from hyperclip_jax import distributed, evaluators, model_dir, sharding, validation
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
@@ -48,7 +48,7 @@ def add_demo_evals(config: Any, retrieval_pairs: int = 0, probe_train: int = 0) 
 def evaluate(workdir: str, config: Any | None = None, step: int | None = None) -> tuple[int, dict[str, Any]]:
   """-> (step, results) for checkpoint `step` (default: the newest) under every evaluator of config.evals
   (default config: the workdir's own); results as in final_eval.json (evaluators.Evaluators.run)."""
-  config = config if config is not None else workdir_lib.read_config(workdir)
+  config = config if config is not None else model_dir.open_config(workdir)
   try:  # the evaluators first: a bad evaluator config stops before any restore
     mesh = sharding.make_mesh(config.mesh)
     model = two_towers.build_model(config)
@@ -56,7 +56,7 @@ def evaluate(workdir: str, config: Any | None = None, step: int | None = None) -
     evaluator = evaluators.build(config, model, tokenizer, mesh)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
-  run = workdir_lib.load_run(workdir, step, config)
+  run = model_dir.open_run(workdir, step, config)  # a training workdir or a model directory
   return run.step, evaluator.run(run.params, run.batch_stats)
 
 
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--linear-probe-train", type=int, default=0,
                         help="add a demo linear probe (train = test examples per task; 0: off)")
     args = parser.parse_args(rest)
-    config = (config_lib.load_config(args.config) if args.config else workdir_lib.read_config(args.workdir))
+    config = (config_lib.load_config(args.config) if args.config else model_dir.open_config(args.workdir))
     for key, value in overrides:
       config_lib.apply_override(config, key, value)
     add_demo_evals(config, args.retrieval_pairs, args.linear_probe_train)

@@ -136,11 +136,13 @@ def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray,
 
 def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[str], out_dir: str,
                       platforms: Sequence[str] = ("cpu",), condition: str = "classes",
-                      condition_sets: int = 64) -> dict[str, Any]:
+                      condition_sets: int = 64, formats: Sequence[str] = ("stablehlo",)) -> dict[str, Any]:
   """Writes the classifier of `run` (a workdir.Run) for `class_names` to out_dir; returns the manifest.
 
   condition: the hypernet reads the class prompts ('classes') or condition_sets sets of training captions,
-  its norm params averaged ('train_sets_mean', as hyperclip-eval's condition of that name)."""
+  its norm params averaged ('train_sets_mean', as hyperclip-eval's condition of that name). formats: the
+  StableHLO artifact is always written; 'onnx' adds classifier.onnx, checked against it (export_onnx). A model
+  card (README.md, model_card) describes the result."""
   import orbax.checkpoint as ocp
   from hyperclip_jax.data import tokenizers
   from hyperclip_jax.models import two_towers
@@ -153,6 +155,13 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
     raise ExportError(f"condition {condition!r} is unknown; known: {', '.join(CONDITIONS)}")
   if condition_sets < 1:
     raise ExportError(f"condition_sets={condition_sets} must be at least 1")
+  formats = parse_formats(",".join(formats))
+  if "onnx" in formats:
+    from hyperclip_jax import export_onnx
+    try:
+      export_onnx.require()
+    except export_onnx.ConversionError as e:
+      raise ExportError(str(e)) from None
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown:
     raise ExportError(f"platform {unknown[0]!r} is unknown; known: {', '.join(PLATFORMS)}")
@@ -211,42 +220,84 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
       "condition": condition if condition == "classes" else {condition: condition_sets},
       "source": {"workdir": storage.resolve(run.workdir), "step": int(run.step), "config_hash": run.config_hash},
       "platforms": list(platforms), "jax_version": jax.__version__, "artifact": ARTIFACT,
+      "formats": {"stablehlo": {"file": ARTIFACT, "platforms": list(platforms)}},
   }
+  if "onnx" in formats:  # traced with library convolutions (what ONNX runtimes optimise), checked against the jax one
+    with config.unlocked():
+      config.model.conv_impl = "native"
+    native, native_logits = fold_classifier(two_towers.build_model(config), params, batch_stats, zcls, zsets)
+    try:
+      manifest["formats"]["onnx"] = export_onnx.write(
+          out_dir, lambda images: native_logits(native, images), s, jax.jit(exported.call))
+    except export_onnx.ConversionError as e:
+      raise ExportError(f"--format onnx: {e}") from None
   with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2, ensure_ascii=False)
+  from hyperclip_jax import model_card, model_dir
+  try:
+    metrics = model_dir.eval_metrics(run.workdir, int(run.step))
+  except (OSError, ValueError):  # an unreadable metrics file costs the card its accuracy table only
+    metrics = {}
+  model_card.write(out_dir, manifest, list(class_names), metrics)
   return manifest
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
+FORMATS = ("stablehlo", "onnx")
+NOT_YET = {"tflite": "it needs TensorFlow's jax2tf", "timm": "it needs PyTorch"}  # planned formats
+
+
+def parse_formats(text: str) -> list[str]:
+  """'stablehlo,onnx' -> ['stablehlo', 'onnx']; the StableHLO artifact is always among them (first)."""
+  formats = [f.strip() for f in text.split(",") if f.strip()]
+  for f in formats:
+    if f in NOT_YET:
+      raise ExportError(f"--format {f} is not yet available ({NOT_YET[f]}); available: {', '.join(FORMATS)}")
+    if f not in FORMATS:
+      raise ExportError(f"--format {f!r} is unknown; known: {', '.join(FORMATS)}")
+  return list(dict.fromkeys(["stablehlo", *formats]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="hyperclip-export", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="a hyperclip-train run directory")
-  parser.add_argument("--classes", required=True,
+  parser.add_argument("--workdir", required=True,
+                      help="a hyperclip-train run directory, or a model directory (hyperclip-export --model-only)")
+  parser.add_argument("--classes", default=None,
                       help="imagenet1k | cifar100 | cifar10 | demo:TASK | a UTF-8 file with one class name per line")
   parser.add_argument("--templates", default=None, help="UTF-8 file, one prompt template with {} per line")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+  parser.add_argument("--model-only", action="store_true",
+                      help="write the whole model (params, config, tokenizer; no optimizer state) instead of a "
+                           "classifier: see hyperclip_jax.model_dir")
   parser.add_argument("--platforms", default=None,
                       help="comma-separated: cpu, cuda, rocm, tpu (default: this machine's backend, and cpu)")
-  parser.add_argument("--format", default="stablehlo", choices=("stablehlo", "tflite"))
+  parser.add_argument("--format", default="stablehlo",
+                      help=f"comma-separated: {', '.join(FORMATS)} (the StableHLO artifact is always written)")
   parser.add_argument("--condition", default="classes", choices=CONDITIONS,
                       help="what the hypernet reads: the class prompts, or --condition-sets sets of training "
                            "captions with their norm params averaged")
   parser.add_argument("--condition-sets", type=int, default=64, help="sets for --condition train_sets_mean")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  from hyperclip_jax import model_dir
   from hyperclip_jax import workdir as workdir_lib
   from hyperclip_jax.evaluators import classnames
   try:
-    if args.format == "tflite":
-      raise ExportError("--format tflite is not available: it needs TensorFlow (jax2tf), which this install "
-                        "lacks; the StableHLO artifact runs with jax alone")
+    formats = parse_formats(args.format)
+    if args.model_only:
+      run = model_dir.open_run(args.workdir, args.step)
+      meta = model_dir.write_model_dir(run, args.out)
+      print(f"wrote the model of step {meta['source']['step']} of {args.workdir} to {args.out}")
+      return 0
+    if args.classes is None:
+      raise ExportError("--classes is required (or pass --model-only to write the whole model)")
     names, templates = classnames.resolve(args.classes, args.templates)
-    run = workdir_lib.load_run(args.workdir, args.step)
+    run = model_dir.open_run(args.workdir, args.step)  # a training workdir or a model directory
     here = jax.export.default_export_platform()
     platforms = args.platforms.split(",") if args.platforms else list(dict.fromkeys([here, "cpu"]))
     manifest = export_classifier(run, names, templates, args.out, platforms=platforms, condition=args.condition,
-                                 condition_sets=args.condition_sets)
-  except (ExportError, classnames.ClassListError, workdir_lib.RunError) as e:
+                                 condition_sets=args.condition_sets, formats=formats)
+  except (ExportError, model_dir.ModelDirError, classnames.ClassListError, workdir_lib.RunError) as e:
     print(f"hyperclip-export: error: {e}", file=sys.stderr)
     return 2
   print(f"exported {manifest['num_classes']} classes x {manifest['num_templates']} templates from step "

@@ -18,11 +18,12 @@ LIBRARIES = (f"{PACKAGE}.models", f"{PACKAGE}.data")
 APPLICATIONS = (f"{PACKAGE}.train", f"{PACKAGE}.evaluate", f"{PACKAGE}.evaluators", f"{PACKAGE}.export",
                 f"{PACKAGE}.predict", f"{PACKAGE}.state", f"{PACKAGE}.validation")
 # Imports allowed inside functions: heavy optional dependencies that only some runs install (not in
-# requirements.txt; gcsfs is loaded by fsspec, never imported by name).
-LOCAL_OK = {"tensorflow_datasets", "gcsfs"}
+# requirements.txt; gcsfs is loaded by fsspec, never imported by name; onnx and onnxruntime: the [onnx] extra).
+LOCAL_OK = {"tensorflow_datasets", "gcsfs", "onnx", "onnxruntime"}
 # Modules whose imports stay inside functions on purpose, and why.
 DEFERRED = {f"{PACKAGE}.export": "load_classifier (and hyperclip-predict) must run with jax and numpy alone, "
-                                 "so Flax and the model code are imported inside the export functions"}
+                                 "so Flax and the model code are imported inside the export functions",
+            PACKAGE: "`import hyperclip_jax` stays free of jax and flax: load_model is resolved on first use"}
 
 
 def _modules() -> dict[str, str]:

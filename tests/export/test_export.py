@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 from export_runs import ROOT, make_run
+
 from hyperclip_jax import evaluators, export
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.data import tokenizers
@@ -127,7 +127,7 @@ def test_export_directory_holds_folded_params_classes_and_manifest(tmp_path):
   out = tmp_path / "clf"
   names, templates = classnames.resolve("demo:colour")
   export.export_classifier(workdir_lib.load_run(workdir), names, templates, str(out))
-  assert sorted(os.listdir(out)) == ["classes.json", "classifier.jaxexport", "manifest.json", "params"]
+  assert sorted(os.listdir(out)) == ["README.md", "classes.json", "classifier.jaxexport", "manifest.json", "params"]
   assert json.loads((out / "classes.json").read_text("utf-8")) == names
   manifest = json.loads((out / "manifest.json").read_text("utf-8"))
   assert manifest["input_size"] == 32 and manifest["preprocessing"] == "resize(32)|value_range(-1, 1)"
@@ -184,7 +184,10 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
   assert export.main(["--workdir", str(empty), "--classes", "imagenet", "--out", "o"]) == 2
   assert "neither a file nor a known list; known: imagenet1k, cifar100, cifar10" in capsys.readouterr().err
   assert export.main(["--workdir", str(empty), "--classes", "cifar10", "--out", "o", "--format", "tflite"]) == 2
-  assert "needs TensorFlow" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "--format tflite is not yet available (it needs TensorFlow" in err
+  assert export.main(["--workdir", str(empty), "--classes", "cifar10", "--out", "o", "--format", "onnx,pt"]) == 2
+  assert "--format 'pt' is unknown; known: stablehlo, onnx" in capsys.readouterr().err
 
 
 def test_export_cli_writes_a_classifier_from_a_class_file(trained_run, tmp_path, capsys):
