@@ -15,11 +15,10 @@ import argparse
 import os
 import sys
 
+import figures  # bench/ is the script's directory, so on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import figures  # bench/ is the script's directory, so on sys.path
 
 from hyperclip_jax import config as config_lib
 from hyperclip_jax.models import two_towers

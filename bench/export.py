@@ -30,18 +30,15 @@ import sys
 import tempfile
 import time
 
+import figures  # bench/ is the script's directory, so on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import figures  # bench/ is the script's directory, so on sys.path
 import peer_client
 
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import export
-from hyperclip_jax import optim
-from hyperclip_jax import sharding
+from hyperclip_jax import export, optim, sharding
 from hyperclip_jax import state as state_lib
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.evaluators import classnames

@@ -26,6 +26,7 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import figures  # noqa: E402 - bench/ is the script's directory, so on sys.path
+
 from hyperclip_jax.data import input_pipeline, pixels, streaming  # noqa: E402
 from hyperclip_jax.data.sources import webdataset  # noqa: E402
 from hyperclip_jax.data.tokenizers import get_tokenizer  # noqa: E402

@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
   import jax  # after XLA_FLAGS: the fake device count is read at backend start
   import jax.numpy as jnp
   import ml_collections
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
 
-  from hyperclip_jax import losses
-  from hyperclip_jax import sharding
+  from hyperclip_jax import losses, sharding
 
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=args.devices, fsdp=1)))
   fns = {"dense": losses.sigmoid_loss, "chunked": losses.get_loss("sigmoid", chunked=True, mesh=mesh)}

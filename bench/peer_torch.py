@@ -32,11 +32,13 @@ from typing import Any
 import numpy as np
 import timm
 import torch
-from torch import nn
 import torch.nn.functional as F
 
 # bench/ is on sys.path (the script's directory): the input recipe shared with the JAX side.
-from peer_client import images as _images, tokens as _tokens, uint8_images as _uint8_images
+from peer_client import images as _images
+from peer_client import tokens as _tokens
+from peer_client import uint8_images as _uint8_images
+from torch import nn
 
 try:
   import open_clip  # optional: only where it installed beside the pinned torch

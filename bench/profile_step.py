@@ -27,9 +27,8 @@ import sys
 import tempfile
 import time
 
-import jax
-
 import figures  # bench/ is the script's directory, so on sys.path
+import jax
 import train_step
 import vs_open_clip
 

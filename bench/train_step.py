@@ -20,18 +20,13 @@ import os
 import sys
 import time
 
+import figures  # bench/ is the script's directory, so on sys.path
 import jax
 
-import figures  # bench/ is the script's directory, so on sys.path
-
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import validation
-from hyperclip_jax import optim
-from hyperclip_jax import sharding
+from hyperclip_jax import optim, sharding, train, validation
 from hyperclip_jax import state as state_lib
-from hyperclip_jax import train
-from hyperclip_jax.data import input_pipeline
-from hyperclip_jax.data import tokenizers
+from hyperclip_jax.data import input_pipeline, tokenizers
 from hyperclip_jax.models import two_towers
 
 

@@ -27,19 +27,14 @@ import sys
 import time
 from typing import Any, Callable
 
+import figures  # bench/ is the script's directory, so on sys.path
 import jax
 import jax.numpy as jnp
-
-import figures  # bench/ is the script's directory, so on sys.path
 import peer_client
 
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import validation
-from hyperclip_jax import losses
-from hyperclip_jax import optim
-from hyperclip_jax import sharding
+from hyperclip_jax import losses, optim, sharding, train, validation
 from hyperclip_jax import state as state_lib
-from hyperclip_jax import train
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
 

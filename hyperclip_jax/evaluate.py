@@ -29,7 +29,6 @@ from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
 
-
 DISTRIBUTED_OFF = ml_collections.ConfigDict(dict(mode="off"))  # a config from before config.distributed existed
 
 

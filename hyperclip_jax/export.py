@@ -144,6 +144,7 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
   StableHLO artifact is always written; 'onnx' adds classifier.onnx, checked against it (export_onnx). A model
   card (README.md, model_card) describes the result."""
   import orbax.checkpoint as ocp
+
   from hyperclip_jax.data import tokenizers
   from hyperclip_jax.models import two_towers
   if not class_names or len(set(class_names)) != len(class_names) or not all(str(c).strip() for c in class_names):

@@ -16,7 +16,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from hyperclip_jax import rules as rules_lib
 from hyperclip_jax.config import ConfigError

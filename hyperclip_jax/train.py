@@ -21,23 +21,13 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from hyperclip_jax import accumulate
+from hyperclip_jax import accumulate, distributed, evaluators, guards, losses, optim, perf, sharding, validation
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import distributed
-from hyperclip_jax import evaluators
-from hyperclip_jax import guards
-from hyperclip_jax import losses
 from hyperclip_jax import metrics as metrics_lib
-from hyperclip_jax import optim
-from hyperclip_jax import perf
-from hyperclip_jax import sharding
 from hyperclip_jax import state as state_lib
-from hyperclip_jax import validation
 from hyperclip_jax import workdir as workdir_lib
-from hyperclip_jax.data import input_pipeline
-from hyperclip_jax.data import pixels
-from hyperclip_jax.data import tokenizers
+from hyperclip_jax.data import input_pipeline, pixels, tokenizers
 from hyperclip_jax.models import two_towers
 
 State = state_lib.State

@@ -12,7 +12,8 @@ import grain
 import numpy as np
 from absl import flags as absl_flags
 
-from hyperclip_jax.data import bad_data, pp as pp_lib
+from hyperclip_jax.data import bad_data
+from hyperclip_jax.data import pp as pp_lib
 from hyperclip_jax.data.input_pipeline import EVAL_PP
 
 

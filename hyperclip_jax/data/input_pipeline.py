@@ -35,17 +35,13 @@ Bad samples of these sources are skipped and counted: `it.metrics()` gives data/
 """
 from typing import Any, Iterator
 
-from absl import flags as absl_flags
 import grain
 import grain.experimental
 import numpy as np
+from absl import flags as absl_flags
 
-from hyperclip_jax.data import bad_data
-from hyperclip_jax.data import pixels
+from hyperclip_jax.data import bad_data, pixels, sources, streaming, workers
 from hyperclip_jax.data import pp as pp_lib
-from hyperclip_jax.data import sources
-from hyperclip_jax.data import streaming
-from hyperclip_jax.data import workers
 from hyperclip_jax.data.sources import webdataset
 from hyperclip_jax.data.sources.demo import ZeroShotTask
 from hyperclip_jax.data.tokenizers import Tokenizer

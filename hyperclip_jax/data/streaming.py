@@ -26,10 +26,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from hyperclip_jax.data import bad_data, pixels, pp as pp_lib
+from hyperclip_jax.data import bad_data, pixels
+from hyperclip_jax.data import pp as pp_lib
 from hyperclip_jax.data.bad_data import BadSample
 from hyperclip_jax.data.sources import webdataset
-
 
 
 class Preprocess:

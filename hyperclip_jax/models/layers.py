@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-
 Array = jax.Array
 Dtype = Any
 

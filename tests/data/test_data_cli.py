@@ -3,8 +3,8 @@ import json
 import tarfile
 
 import pytest
-
 from conftest import add_member, jpeg, truncate, write_shards
+
 from hyperclip_jax.data import cli
 from hyperclip_jax.data.sources import webdataset
 

@@ -2,8 +2,8 @@
 import json
 
 import numpy as np
-
 from conftest import jpeg
+
 from hyperclip_jax.data import eval_input, input_pipeline
 from hyperclip_jax.evaluators.eval_data import LabelledManifest
 

@@ -4,8 +4,8 @@ import json
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import jpeg
+
 from hyperclip_jax.data import input_pipeline
 from hyperclip_jax.data.tokenizers import get_tokenizer
 

@@ -3,9 +3,9 @@ import io
 
 import numpy as np
 import pytest
+from conftest import jpeg
 from PIL import Image
 
-from conftest import jpeg
 from hyperclip_jax.data import pp
 from hyperclip_jax.data.bad_data import BadSample
 from hyperclip_jax.data.tokenizers import get_tokenizer

@@ -119,6 +119,7 @@ def test_clip_bpe_from_a_merges_file(tmp_path):
 
 def test_clip_bpe_works_out_of_the_box_with_the_shipped_merges_file():
   import hashlib
+
   from hyperclip_jax.data import subword
   digest = hashlib.sha256(open(subword.SHIPPED_CLIP_BPE, "rb").read()).hexdigest()
   assert digest == "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"  # data/vocab/README.md
@@ -139,6 +140,7 @@ def test_tokenizer_spec_errors_name_the_problem():
 
 def test_last_pooling_needs_sticky_eos_before_anything_compiles():
   import os
+
   from hyperclip_jax import config as config_lib
   from hyperclip_jax import validation
   demo = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.py")

@@ -5,6 +5,7 @@ import os
 import shutil
 
 from conftest import jpeg, write_shards
+
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import train
 

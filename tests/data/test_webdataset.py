@@ -5,8 +5,8 @@ import tarfile
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import add_member, jpeg, truncate
+
 from hyperclip_jax.data import input_pipeline
 from hyperclip_jax.data.sources import webdataset
 from hyperclip_jax.data.tokenizers import get_tokenizer

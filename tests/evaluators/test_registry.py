@@ -9,12 +9,11 @@ import pytest
 from PIL import Image
 
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import validation
-from hyperclip_jax import evaluators, sharding, train
-from hyperclip_jax.evaluators import zeroshot
+from hyperclip_jax import evaluators, sharding, train, validation
 from hyperclip_jax.data import pp as pp_lib
-from hyperclip_jax.data.sources import demo
 from hyperclip_jax.data import tokenizers
+from hyperclip_jax.data.sources import demo
+from hyperclip_jax.evaluators import zeroshot
 from hyperclip_jax.models import two_towers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -62,8 +61,8 @@ def _hand_topk(model, params, batch_stats, tokenizer, max_len, images, class_nam
 @pytest.mark.parametrize("variant", ["hyperclip", "siglip"])
 def test_zeroshot_on_tfds_cifar10_equals_a_hand_computation(variant):
   tfds = pytest.importorskip("tensorflow_datasets")
-  from hyperclip_jax.evaluators import classnames
   from hyperclip_jax.data.sources.tfds import TfdsSource
+  from hyperclip_jax.evaluators import classnames
   config = _tiny(variant, True, zeroshot_cifar10=dict(
       type="zeroshot", data=dict(name="tfds", dataset="cifar10", split="test"), classes="cifar10",
       templates="cifar", pp=PP, n_eval=11, batch_size=4))  # 4 + 4 + 3: a padded last batch

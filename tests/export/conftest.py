@@ -1,7 +1,7 @@
 """A run trained by hyperclip-train (the tiny demo config) and its exported classifier, once per session."""
 import pytest
-
 from export_runs import tiny_config
+
 from hyperclip_jax import export, train
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.evaluators import classnames

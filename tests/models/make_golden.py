@@ -24,11 +24,10 @@ import json
 import os
 import sys
 
+import golden_weights  # beside this script, so on sys.path when it runs
 import numpy as np
 import timm
 import torch
-
-import golden_weights  # beside this script, so on sys.path when it runs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))

@@ -139,6 +139,7 @@ def test_jit_and_grad_are_finite(params):
 def test_template_from_an_image_encoder_init():
   """The template comes straight from eval_shape(...)['generated'] of a module using ConditionedNorm."""
   import flax.linen as nn
+
   from hyperclip_jax.models.layers import ConditionedNorm
 
   class Tiny(nn.Module):

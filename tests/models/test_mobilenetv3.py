@@ -5,13 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from encoder_fakes import abstract_variables, count, tiny_encoder
 from flax import traverse_util
 
 from hyperclip_jax.models import build_image_encoder, mobilenetv3
 from hyperclip_jax.models.convert_timm import _from_timm_mobilenetv3, from_timm
 from hyperclip_jax.models.layers import count_generated
-
-from encoder_fakes import abstract_variables, count, tiny_encoder
 
 NAME = "mobilenetv3_small_100"
 TINY = dict(width_mult=0.25, depth_mult=0.5, head_features=32)  # 7 blocks, 8-16 channels

@@ -5,13 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from encoder_fakes import abstract_variables, count, tiny_encoder
 from flax import traverse_util
 
 from hyperclip_jax.models import build_image_encoder, vit
 from hyperclip_jax.models.convert_timm import _from_timm_vit, from_timm
 from hyperclip_jax.models.layers import count_generated
-
-from encoder_fakes import abstract_variables, count, tiny_encoder
 
 NAME = "vit_tiny_patch16_224"
 TINY = dict(width=32, heads=2, depth=2, mlp_dim=64, patch_size=8, image_size=32)  # 4x4 patch grid

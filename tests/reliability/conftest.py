@@ -1,6 +1,5 @@
 """The uninterrupted reference run of the reliability tests (see harness.py for the run they all share)."""
 import pytest
-
 from harness import complete_steps, last_metrics, run, shared_once
 
 

@@ -8,8 +8,7 @@ import numpy as np
 from fault_runner import faulty_iterators, nan_pixel
 from harness import CONFIG, ROOT, complete_steps, error_line
 
-from hyperclip_jax import guards
-from hyperclip_jax import train
+from hyperclip_jax import guards, train
 from hyperclip_jax.data import input_pipeline
 
 

@@ -75,8 +75,8 @@ def gcs():
   })
   import fsspec
   import gcsfs.core
-  from gcp_storage_emulator.handlers import objects
   from gcp_storage_emulator import server as server_lib
+  from gcp_storage_emulator.handlers import objects
   from gcp_storage_emulator.server import create_server
   fsspec.register_implementation("gs", gcsfs.core.GCSFileSystem, clobber=True)
   fsspec.register_implementation("gcs", gcsfs.core.GCSFileSystem, clobber=True)
@@ -175,6 +175,7 @@ def test_webdataset_shards_are_listed_and_read_from_gs(gcs):
 def test_checkpoint_round_trip_on_gs(gcs):
   import jax
   import jax.numpy as jnp
+
   from hyperclip_jax import checkpoint, storage
   workdir = f"{gcs}/ckpt"
   state = {"w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4), "step": jnp.int32(7)}

@@ -6,10 +6,8 @@ import ml_collections
 import numpy as np
 
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import optim
-from hyperclip_jax import sharding
+from hyperclip_jax import optim, sharding, train
 from hyperclip_jax import state as state_lib
-from hyperclip_jax import train
 from hyperclip_jax.data import tokenizers
 from hyperclip_jax.models import two_towers
 

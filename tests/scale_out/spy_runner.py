@@ -9,8 +9,7 @@ import traceback
 import jax
 from jax.experimental import multihost_utils
 
-from hyperclip_jax import distributed
-from hyperclip_jax import train
+from hyperclip_jax import distributed, train
 
 calls, init_kwargs = [], {}
 

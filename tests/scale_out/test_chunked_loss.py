@@ -3,10 +3,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from hyperclip_jax import losses
-from hyperclip_jax import sharding
+from hyperclip_jax import losses, sharding
 
 
 def _unit_rows(rng, n, d):

@@ -2,11 +2,10 @@
 import os
 
 import pytest
+import scale_helpers as h
 
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import validation
-
-import scale_helpers as h
 
 DATACOMP = os.path.join(h.ROOT, "configs", "datacomp.py")
 

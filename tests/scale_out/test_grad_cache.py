@@ -2,14 +2,10 @@
 import jax
 import numpy as np
 import pytest
-
-from hyperclip_jax import accumulate
-from hyperclip_jax import config as config_lib
-from hyperclip_jax import validation
-from hyperclip_jax import losses
-from hyperclip_jax import sharding
-
 import scale_helpers as h
+
+from hyperclip_jax import accumulate, losses, sharding, validation
+from hyperclip_jax import config as config_lib
 
 
 def _loss_grads_stats(config, mesh, accum_steps, chunked=False, scope="batch"):

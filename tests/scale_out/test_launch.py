@@ -10,12 +10,11 @@ import subprocess
 import sys
 import time
 
+import launch_fakes
 import pytest
+import scale_helpers as h
 
 from hyperclip_jax import distributed
-
-import launch_fakes
-import scale_helpers as h
 
 LAUNCH = os.path.join(h.ROOT, "launch")
 SCRIPTS = ["local_multiprocess.sh", "gpu_slurm.sbatch", "tpu_pod.sh"]

@@ -2,13 +2,11 @@
 import jax
 import numpy as np
 import pytest
+import scale_helpers as h
 from jax.sharding import PartitionSpec as P
 
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import validation
-from hyperclip_jax import sharding
-
-import scale_helpers as h
+from hyperclip_jax import sharding, validation
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ import os
 import subprocess
 
 import jax
-
 import scale_helpers as h
 
 SCRIPT = os.path.join(h.ROOT, "launch", "local_multiprocess.sh")

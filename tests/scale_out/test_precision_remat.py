@@ -1,7 +1,6 @@
 """bf16 compute and per-block remat: finite losses that follow the f32 run (remat: to rounding, bf16: 2%)."""
 import numpy as np
 import pytest
-
 import scale_helpers as h
 
 

@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
+import scale_helpers as h
 
 from hyperclip_jax import train
-
-import scale_helpers as h
 
 OVERRIDES = {**h.FAST, "total_steps": 4, "checkpoint_every_steps": 2, "checkpoint_every_secs": 0.0,
              "log_every_steps": 1, "optim.eps": 1e-4}

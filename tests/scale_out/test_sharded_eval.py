@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
-
 import scale_helpers as h
+from PIL import Image
 
 from hyperclip_jax import train
 

@@ -2,8 +2,8 @@
 fewer accelerators than its scheduler assigned. The two-process run is tests/scale_out/test_slurm_run.py."""
 import jax
 import pytest
-
 import scale_helpers as h
+
 from hyperclip_jax import distributed
 
 

@@ -2,12 +2,10 @@
 images rendered on the host, within the rounding of one multiply-add (XLA fuses it into an FMA)."""
 import jax
 import numpy as np
-
 import scale_helpers as h
-from hyperclip_jax import sharding
-from hyperclip_jax import train
-from hyperclip_jax.data import input_pipeline
-from hyperclip_jax.data import pixels
+
+from hyperclip_jax import sharding, train
+from hyperclip_jax.data import input_pipeline, pixels
 
 
 def test_all_256_levels_match_the_host_value_range_within_one_ulp():
