@@ -199,7 +199,9 @@ def plot(path: str, results: dict[str, Any]) -> None:
     if p is None:
       continue
     x = float(w)
-    ax.scatter([x] * len(p["diffs"]), [100 * d for d in p["diffs"]], color="tab:grey", s=14, zorder=2,
+    span = 0.04 * (max(proto["widths"]) - min(proto["widths"]) or 1.0)  # seeds side by side, left of the mean
+    xs = [x - span * (i + 1) / len(p["diffs"]) for i in range(len(p["diffs"]))]
+    ax.scatter(xs, [100 * d for d in p["diffs"]], color="tab:grey", s=14, zorder=2,
                label="per seed" if x == proto["widths"][0] else None)
     if p["lo"] is not None:
       ax.errorbar([x], [100 * p["mean"]], yerr=[[100 * (p["mean"] - p["lo"])], [100 * (p["hi"] - p["mean"])]],
