@@ -55,8 +55,9 @@ $(PEER_VENV)/.installed:
 bench-peer: $(VENV)/.installed $(PEER_VENV)/.installed
 	$(PY) bench/vs_open_clip.py --peer-python $(PEER_VENV)/bin/python --plot docs/benchmarks.png
 
-# The paper's claim at small scale: siglip vs hyperclip vs token, 3 seeds, and the ablations, ~90 min on
-# 2 cores. Writes $(OUT)/results.md, results.json, results.png; the runs' workdirs go to runs/reproduce.
+# Does HyperCLIP help? The pre-registered study (docs/results.md): siglip, hyperclip and the token / linear /
+# conv controls at two encoder widths, 3 seeds, paired analysis; <= 120 min on 2 cores (estimate). Writes
+# $(OUT)/results.md, results.json, results.png, throughput.json; the runs' workdirs go to runs/reproduce.
 OUT ?= docs
 .PHONY: reproduce
 reproduce: $(VENV)/.installed

@@ -1,18 +1,27 @@
-"""The paper's claim at small scale: HyperCLIP vs. SigLIP vs. the `token` capacity control, plus ablations.
+"""Does HyperCLIP help? HyperCLIP vs. SigLIP and its capacity controls over an encoder-width sweep, on the demo data.
 
-  .venv/bin/python bench/studies/reproduce.py --out docs         # the full study (make reproduce): ~90 min, 2 cores
-  .venv/bin/python bench/studies/reproduce.py --quick --out DIR  # ~10 min: fewer steps, 2 seeds
-  .venv/bin/python bench/studies/reproduce.py --tiny --out DIR   # the whole study on configs/demo.py:tiny=true
+  .venv/bin/python bench/studies/reproduce.py --out docs         # the full study (make reproduce): <= 120 min, 2 cores
+  .venv/bin/python bench/studies/reproduce.py --quick --out DIR  # <= 10 min: one width, 2 seeds, 3 arms
+  .venv/bin/python bench/studies/reproduce.py --tiny --out DIR   # the whole protocol on configs/demo.py:tiny=true
 
-Every run is one hyperclip-train run (hyperclip_jax.train.train, in this process) on configs/demo.py, with its
-own workdir DIR/runs/<name>; every number of the outputs is read back from those runs' metrics.jsonl:
-  DIR/results.json   per run: variant, seed, overrides, zero-shot top-1 per task over steps and at the end,
-                     final train loss, params_checksum; deterministic (same command -> identical file)
-  DIR/throughput.json per run: median perf/images_per_sec and wall seconds (timings: kept out of results.json)
-  DIR/results.md     mean +- std per task and variant, the verdicts, throughput, the ablation table
-  DIR/results.png    zero-shot top-1 vs. step per variant (mean line, min-max band over seeds), one panel a task
-A run whose workdir already holds a finished run of the same config is read, not retrained (rerun to resume
-an interrupted study); any other workdir content is replaced.
+The protocol (PROTOCOL below) is pre-registered: docs/results.md carries it from before the first full run, and
+the generator keeps that section verbatim (it stops if this file's PROTOCOL no longer matches it). Stages:
+  1. pilot (seed PILOT, never a study seed): siglip at every width -> the tasks of the primary endpoint per
+     width (analysis.select_tasks); hyperclip at the claim width with each loss.scope -> the scope of every arm
+     with a hypernetwork (the better primary endpoint; ties: the first listed).
+  2. main: every arm x width x seed, the paper's sigmoid loss; then, at the claim width, hyperclip with the other
+     scope on every seed (the loss-scope ablation).
+  3. diagnostics (bench/studies/conditioning.py) on every main run with a hypernetwork.
+  4. analysis (bench/studies/analysis.py): per-seed paired differences, t-intervals, the verdict by the rule.
+
+Every run is one hyperclip-train run (hyperclip_jax.train.train, in this process) with its own workdir
+RUNS/<name>; its numbers are read back from its metrics.jsonl and checkpoint. Outputs in OUT:
+  results.json     protocol settings, pilot, every run (top-1 per task, diagnostics, params_checksum), analysis,
+                   verdict; deterministic (same command -> identical file)
+  throughput.json  per run: median training images/s and wall seconds; study wall time, machine, commit
+  results.md       the verdict, the protocol, the tables (every number from the two files above)
+  results.png      the effect: hyperclip - siglip paired difference (mean, 95% interval, seeds) vs. encoder width
+A workdir that holds a finished run of the same config is read, not retrained (rerun to resume).
 """
 from __future__ import annotations
 
@@ -24,86 +33,150 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/studies/ -> repo
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))  # bench/studies/ -> repo
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".jax_cache"))
+sys.path.insert(0, HERE)
 
+import analysis  # noqa: E402  (bench/studies/analysis.py)
 import numpy as np  # noqa: E402
 
-VARIANTS = ("siglip", "hyperclip", "token")
-ABLATIONS = ("set_size", "norm_mode", "bn_stats", "encoder", "condition")
-NOISE_FACTOR = 2.0  # "beyond seed noise": |mean difference| > NOISE_FACTOR x pooled std over seeds
+ARMS = ("siglip", "hyperclip", "token", "linear", "conv")  # model.variant; the last three are the controls
+HYPER_ARMS = ("hyperclip", "token", "linear", "conv")  # the arms with a hypernetwork (diagnostics, loss.scope)
+SCOPES = ("batch", "group")  # loss.scope candidates of the pilot
+PROTOCOL_HEADING = "## Protocol (pre-registered, 2026-12-03)"
+PROTOCOL = PROTOCOL_HEADING + """
+
+Stated before the first full run of `make reproduce`; the generator keeps this section verbatim.
+
+- **Question.** Does conditioning the image tower's norm parameters on the set of texts (HyperCLIP) raise
+  zero-shot top-1 over SigLIP with the same small encoder, and is the gain from the text conditioning rather than
+  from the hypernetwork's extra capacity?
+- **Arms** (`model.variant`, same data, steps and seeds; the paper's sigmoid loss for all): `siglip` (baseline),
+  `hyperclip`, and the controls `token` (learned tokens instead of texts: a constant Δ at test time), `linear`
+  (a generated rank-32 update of the image tower's final projection), `conv` (of the last stage's 1x1 conv
+  weights). Configs: `configs/demo.py` at `model.image.width_mult` 0.1 (capacity-limited) and 0.25 (the demo's
+  encoder), 150 steps each (30 of warmup; a third of the demo's default, to fit 2 CPU cores in 120 min), batch
+  128, 64 px images; zero-shot evaluation at the end on 256 images per demo task.
+- **Seeds.** 0, 1, 2 for every arm at both widths; a seed fixes init and data order for every arm, so arms are
+  compared per seed (paired). The pilot uses seed 100 only.
+- **Pilot** (seed 100, before the main runs, applied by the script): (a) `siglip` at each width; a demo task
+  enters that width's primary endpoint unless siglip's pilot top-1 is >= 0.95 (ceiling) or < 1.2x chance
+  (floor). (b) `hyperclip` at width 0.1 with `loss.scope` = `batch` and = `group`; the scope with the higher
+  pilot primary endpoint (ties: `batch`) is used by every arm with a hypernetwork; `siglip` has no sets and
+  trains with `batch`. The other scope is run as an ablation of `hyperclip` at width 0.1 on seeds 0-2.
+- **Primary endpoint.** Per run: the mean zero-shot top-1 over the selected tasks of its width.
+- **Claim width.** 0.1, the capacity-limited encoder (the paper's claim is about small image encoders); width
+  0.25 is reported with the same analysis but does not enter the verdict.
+- **Analysis.** Per-seed paired differences hyperclip - siglip and hyperclip - each control; mean and a
+  two-sided 95% t-interval (n - 1 degrees of freedom).
+- **Diagnostics** (eval only, on every trained run with a hypernetwork): std of the generated Δ across 64
+  training caption sets over its RMS; in-batch image->text top-1 with each group conditioned on its own set,
+  another group's set, and the mean over all sets; zero-shot conditioned on the task's classes, on another demo
+  task's class prompts (`wrong_task`), and on the mean Δ of 64 training caption sets (`train_sets_mean`).
+  *Set dependence is shown* when, at the claim width, hyperclip's mean paired differences classes - wrong_task
+  (primary endpoint) and own - other set (in-batch top-1) are both > 0.
+- **Verdict** (at the claim width). *Reproduced*: the interval of hyperclip - siglip lies above 0, hyperclip's
+  mean paired difference to every control arm is > 0, and set dependence is shown. *Not reproduced*: the
+  interval's upper bound is below the minimal effect of +1 point; or the interval lies above 0 but a control
+  matches or beats hyperclip or set dependence is not shown (a gain, but not from the text conditioning).
+  *Inconclusive (add seeds)*: otherwise.
+"""
 
 
 @dataclasses.dataclass(frozen=True)
 class Mode:
-  """One study size: the same protocol for every run of it."""
+  """One study size: the same protocol for every run of it (the full mode is the one PROTOCOL states)."""
   name: str
   config_arg: str  # extra configs/demo.py argument
   steps: int
-  eval_every: int
+  warmup_steps: int
   seeds: tuple[int, ...]
+  widths: tuple[float, ...]  # model.image.width_mult sweep
+  claim_width: float  # the width the verdict is taken at
   n_eval: int  # images per zero-shot task
-  set_sizes: tuple[int, ...]  # set_size ablation values (the default set_size is the main hyperclip run)
-  encoder: str  # the encoder ablation's other encoder
-  warmup_steps: int | None = None  # None: the config's
-  ablations: tuple[str, ...] = ABLATIONS  # which ablation kinds run (quick: only those that add no compile)
+  arms: tuple[str, ...] = ARMS
+  scopes: tuple[str, ...] = SCOPES  # loss.scope candidates of the pilot (one: no scope pilot)
+  scope_ablation: bool = True  # run hyperclip with the other scope(s) on every seed at the claim width
+  pilot_seed: int = 100
+  diag_sets: int = 64  # training caption sets of the Δ spread and of train_sets_mean
+  inbatch_batches: int = 4  # batches of held-out pairs of the in-batch diagnostic
+  ceiling: float = analysis.CEILING
+  floor_x_chance: float = analysis.FLOOR_X_CHANCE
+  # Hook: extra (dotted key, value) overrides of every arm with a hypernetwork, e.g. (("data.task_sets", True),)
+  # once the data pipeline can form task-shaped caption sets; empty: the config's own sets.
+  hyper_overrides: tuple[tuple[str, Any], ...] = ()
 
 
 MODES = {
-    "full": Mode("full", "", steps=450, eval_every=90, seeds=(0, 1, 2), n_eval=512, set_sizes=(4, 64),
-                 encoder="mobilenetv3_large_100"),
-    "quick": Mode("quick", "", steps=40, eval_every=20, seeds=(0, 1), n_eval=128, set_sizes=(4,),
-                  encoder="mobilenetv3_large_100", warmup_steps=10, ablations=("condition",)),
-    # tests: one ablation that compiles its own program and one that changes only the evaluation
-    "tiny": Mode("tiny", "tiny=true", steps=8, eval_every=4, seeds=(0, 1), n_eval=32, set_sizes=(2,),
-                 encoder="mobilenetv3_small_100", ablations=("bn_stats", "condition")),
+    "full": Mode("full", "", steps=150, warmup_steps=30, seeds=(0, 1, 2), widths=(0.1, 0.25), claim_width=0.1,
+                 n_eval=256),
+    # the harness at <= 10 min: one width, the arms every checkout has, no scope pilot
+    "quick": Mode("quick", "", steps=30, warmup_steps=10, seeds=(0, 1), widths=(0.1,), claim_width=0.1,
+                  n_eval=128, arms=("siglip", "hyperclip", "token"), scopes=("batch",), scope_ablation=False,
+                  diag_sets=16, inbatch_batches=2),
+    # tests: two widths, both scopes, the ablation; no floor (the tiny runs sit near chance)
+    "tiny": Mode("tiny", "tiny=true", steps=8, warmup_steps=2, seeds=(0, 1), widths=(0.1, 0.2), claim_width=0.1,
+                 n_eval=32, arms=("siglip", "hyperclip", "token"), diag_sets=4, inbatch_batches=1,
+                 floor_x_chance=0.0),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
   name: str
-  variant: str
+  arm: str
   seed: int
-  overrides: tuple[tuple[str, Any], ...] = ()  # (dotted config key, value) on top of the mode's config
-  ablation: str = ""  # '' for the main runs; else the ablation's row label
+  width: float
+  scope: str = "batch"
+  stage: str = "main"  # pilot | main | ablation
+  overrides: tuple[tuple[str, Any], ...] = ()
 
 
-def study(mode: Mode, default_set_size: int, default_bn_stats: str = "group") -> list[RunSpec]:
-  """The main runs (every variant x seed), then the ablations (hyperclip, first seed, one override each)."""
-  runs = [RunSpec(f"{v}_s{s}", v, s) for v in VARIANTS for s in mode.seeds]
-  s0 = mode.seeds[0]
-  other_bn = "group" if default_bn_stats == "global" else "global"
-  ablations = [("set_size", RunSpec(f"abl_set_size{size}", "hyperclip", s0, (("model.hyper.set_size", size),),
-                                    f"hyper.set_size={size} (default {default_set_size})")) for size in mode.set_sizes]
-  ablations += [
-      ("norm_mode", RunSpec("abl_norm_replace", "hyperclip", s0, (("model.image.norm_mode", "replace"),),
-                            "image.norm_mode=replace (default residual)")),
-      ("bn_stats", RunSpec(f"abl_bn_{other_bn}", "hyperclip", s0, (("model.image.bn_stats", other_bn),),
-                           f"image.bn_stats={other_bn} (default {default_bn_stats})")),
-      ("encoder", RunSpec("abl_encoder", "hyperclip", s0, (("model.image.name", mode.encoder),),
-                          f"image.name={mode.encoder} (default efficientnet_b0), same width/depth multipliers")),
-      ("condition", RunSpec("abl_cond_captions", "hyperclip", s0, (("evals.zeroshot.condition", "train_captions"),),
-                            "evals.zeroshot.condition=train_captions (default classes)")),
-  ]
-  return runs + [r for kind, r in ablations if kind in mode.ablations]
+def run_name(arm: str, width: float, seed: int, scope: str | None = None) -> str:
+  return f"{arm}_w{width:g}_s{seed}" + (f"_{scope}" if scope else "")
+
+
+def pilot_specs(mode: Mode) -> list[RunSpec]:
+  """siglip at every width, hyperclip at the claim width with each scope (one scope: no hyperclip pilot)."""
+  s = mode.pilot_seed
+  runs = [RunSpec(f"pilot_{run_name('siglip', w, s)}", "siglip", s, w, stage="pilot") for w in mode.widths]
+  if len(mode.scopes) > 1:
+    runs += [RunSpec(f"pilot_{run_name('hyperclip', mode.claim_width, s, sc)}", "hyperclip", s, mode.claim_width,
+                     sc, "pilot") for sc in mode.scopes]
+  return runs
+
+
+def main_specs(mode: Mode, scope: str) -> list[RunSpec]:
+  """Every arm x width x seed (arms with a hypernetwork at `scope`), then the loss-scope ablation."""
+  runs = []
+  for w in mode.widths:
+    for arm in mode.arms:
+      hyper = arm in HYPER_ARMS
+      runs += [RunSpec(run_name(arm, w, s), arm, s, w, scope if hyper else "batch",
+                       overrides=mode.hyper_overrides if hyper else ()) for s in mode.seeds]
+  if mode.scope_ablation:
+    runs += [RunSpec(run_name("hyperclip", mode.claim_width, s, other), "hyperclip", s, mode.claim_width, other,
+                     "ablation", mode.hyper_overrides) for other in mode.scopes if other != scope for s in mode.seeds]
+  return runs
 
 
 def make_config(mode: Mode, run: RunSpec) -> Any:
-  """configs/demo.py for this mode and variant, with the mode's protocol and the run's overrides."""
+  """configs/demo.py for this mode and arm, with the protocol's settings and the run's overrides."""
   from hyperclip_jax import config as config_lib
-  arg = ",".join(filter(None, [f"variant={run.variant}", f"steps={mode.steps}", mode.config_arg]))
+  arg = ",".join(filter(None, [f"variant={run.arm}", f"steps={mode.steps}", mode.config_arg]))
   config = config_lib.load_config(os.path.join(ROOT, "configs", f"demo.py:{arg}"))
-  settings = [("seed", run.seed), ("eval_every_steps", mode.eval_every), ("evals.zeroshot.n_eval", mode.n_eval),
-              ("loss.name", "sigmoid"),  # the paper's loss for every variant, whatever configs/demo.py trains with
+  settings = [("seed", run.seed), ("model.image.width_mult", float(run.width)),
+              ("loss.name", "sigmoid"),  # the paper's loss for every arm, whatever configs/demo.py trains with
+              ("loss.scope", run.scope), ("optim.schedule.warmup_steps", mode.warmup_steps),
+              ("eval_every_steps", mode.steps), ("evals.zeroshot.n_eval", mode.n_eval),
               # one checkpoint, at the end: an interrupted run is retrained, not resumed (see train_run)
-              ("checkpoint_every_steps", mode.steps), ("checkpoint_every_secs", 0.0),
-              *([("optim.schedule.warmup_steps", mode.warmup_steps)] if mode.warmup_steps is not None else []),
-              *run.overrides]
+              ("checkpoint_every_steps", mode.steps), ("checkpoint_every_secs", 0.0), *run.overrides]
   for dotted, value in settings:
     *parents, key = dotted.split(".")
     node = config
@@ -117,7 +190,6 @@ def make_config(mode: Mode, run: RunSpec) -> Any:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The rows of workdir/metrics.jsonl."""
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
 
@@ -148,227 +220,184 @@ def summarize_run(rows: list[dict[str, Any]], spec: RunSpec) -> dict[str, Any]:
   """results.json's entry of one run, from its metrics rows (the last row of a step wins)."""
   final = next(r for r in reversed(rows) if "params_checksum" in r)
   tasks = sorted({k.split("/")[1] for k in final if k.startswith("zeroshot/") and k.endswith("/top1")})
-  curves = {t: [] for t in tasks}
-  for r in rows:
-    for t in tasks:
-      if f"zeroshot/{t}/top1" in r:
-        curves[t] = [p for p in curves[t] if p[0] != r["step"]] + [[r["step"], r[f"zeroshot/{t}/top1"]]]
   losses = [r for r in rows if "train/loss" in r]
-  return {"variant": spec.variant, "seed": spec.seed, "ablation": spec.ablation,
+  return {"arm": spec.arm, "seed": spec.seed, "width": spec.width, "scope": spec.scope, "stage": spec.stage,
           "overrides": {k: v for k, v in spec.overrides}, "step": final["step"],
-          "top1": {t: final[f"zeroshot/{t}/top1"] for t in tasks}, "curves": curves,
-          "loss_curve": [[r["step"], r["train/loss"]] for r in losses],
-          "final_loss": losses[-1]["train/loss"] if losses else None,
-          "params_checksum": final["params_checksum"]}
+          "top1": {t: final[f"zeroshot/{t}/top1"] for t in tasks},
+          "final_loss": losses[-1]["train/loss"] if losses else None, "params_checksum": final["params_checksum"]}
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-  """Mean and sample std (ddof=1; 0 for one value)."""
-  a = np.asarray(values, np.float64)
-  return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+class Runner:
+  """Trains or reads back runs, checking every config before the first one trains."""
+
+  def __init__(self, mode: Mode, runs_dir: str):
+    self.mode, self.runs_dir = mode, runs_dir
+    self.runs: dict[str, dict[str, Any]] = {}
+    self.throughput: dict[str, dict[str, Any]] = {}
+    self.trained = 0
+
+  def check(self, specs: list[RunSpec]) -> None:
+    import jax
+
+    from hyperclip_jax import config as config_lib
+    from hyperclip_jax import validation
+    for spec in specs:
+      try:
+        validation.validate(make_config(self.mode, spec), jax.device_count())
+      except (config_lib.ConfigError, ValueError) as e:
+        raise config_lib.ConfigError(f"study run {spec.name}: {e}") from None
+
+  def run(self, specs: list[RunSpec]) -> None:
+    for i, spec in enumerate(specs):
+      workdir = os.path.join(self.runs_dir, spec.name)
+      print(f"reproduce: {spec.stage} run {spec.name} ({i + 1}/{len(specs)})", file=sys.stderr, flush=True)
+      wall = train_run(make_config(self.mode, spec), workdir)
+      self.trained += wall is not None
+      rows = read_metrics(workdir)
+      self.runs[spec.name] = summarize_run(rows, spec)
+      ips = [r["perf/images_per_sec"] for r in rows if isinstance(r.get("perf/images_per_sec"), float)
+             and not math.isnan(r["perf/images_per_sec"])]
+      self.throughput[spec.name] = {"images_per_sec": float(np.median(ips)) if ips else None, "wall_s": wall}
 
 
-def compare(a: list[float], b: list[float]) -> tuple[float, float, bool]:
-  """(mean(a) - mean(b), pooled std, beyond noise: |diff| > NOISE_FACTOR x pooled std)."""
-  (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-  pooled = math.sqrt((sa ** 2 + sb ** 2) / 2)
-  diff = ma - mb
-  return diff, pooled, abs(diff) > NOISE_FACTOR * pooled
+def demo_chance() -> dict[str, float]:
+  from hyperclip_jax.data.sources import demo
+  return {t: 1.0 / len(task.class_names) for t, task in demo.demo_tasks(32, 1).items()}
 
 
-def verdict(task: str, by_variant: dict[str, list[float]]) -> str:
-  """A plain sentence: did hyperclip beat siglip beyond seed noise on `task`, by how much, and does token explain it."""
-  h, s, t = by_variant["hyperclip"], by_variant["siglip"], by_variant["token"]
-  d_hs, p_hs, sig_hs = compare(h, s)
-  d_ts, p_ts, sig_ts = compare(t, s)
-  d_ht, p_ht, sig_ht = compare(h, t)
-  pts = lambda d: f"{100 * d:+.1f} points"
-  noise = lambda p: f"{NOISE_FACTOR:g}x pooled std = {100 * NOISE_FACTOR * p:.1f} points"
-  if sig_hs and d_hs > 0:
-    head = f"**HyperCLIP beats SigLIP** by {pts(d_hs)} ({noise(p_hs)})"
-    if sig_ht and d_ht > 0:
-      tail = f"token does not explain it: HyperCLIP also beats token by {pts(d_ht)}"
-    elif sig_ts and d_ts > 0:
-      tail = f"token explains it: token beats SigLIP by {pts(d_ts)} and HyperCLIP is within noise of token"
-    else:
-      tail = f"token is within noise of both (token - SigLIP {pts(d_ts)}, HyperCLIP - token {pts(d_ht)})"
-  elif sig_hs:
-    head = f"**SigLIP beats HyperCLIP** by {pts(-d_hs)} ({noise(p_hs)})"
-    tail = f"token - SigLIP {pts(d_ts)}" + (" (beyond noise)" if sig_ts else " (within noise)")
-  else:
-    head = f"no difference beyond seed noise: HyperCLIP - SigLIP {pts(d_hs)} ({noise(p_hs)})"
-    tail = f"token - SigLIP {pts(d_ts)}" + (" (beyond noise)" if sig_ts else " (within noise)")
-  return f"{task}: {head}; {tail}."
+def choose_scope(mode: Mode, runs: dict[str, Any], tasks: list[str]) -> tuple[str, dict[str, float | None]]:
+  """The pilot's loss.scope: the higher hyperclip primary endpoint at the claim width (ties: the first)."""
+  if len(mode.scopes) == 1:
+    return mode.scopes[0], {}
+  scores = {s.scope: analysis.endpoint(runs[s.name]["top1"], tasks) for s in pilot_specs(mode)
+            if s.arm == "hyperclip"}
+  best = mode.scopes[0]
+  for sc in mode.scopes[1:]:
+    if scores[sc] is not None and (scores[best] is None or scores[sc] > scores[best]):
+      best = sc
+  return best, scores
 
 
-def build_results(mode: Mode, specs: list[RunSpec], runs: dict[str, dict[str, Any]], warmup_steps: int
-                  ) -> dict[str, Any]:
-  """results.json: the protocol, every run, and the per-task mean/std of the main runs."""
-  main = [s for s in specs if not s.ablation]
-  tasks = list(runs[main[0].name]["top1"])
-  summary = {}
-  for task in tasks:
-    summary[task] = {}
-    for v in VARIANTS:
-      values = [runs[s.name]["top1"][task] for s in main if s.variant == v]
-      m, sd = mean_std(values)
-      summary[task][v] = {"mean": m, "std": sd, "n": len(values)}
-  return {"protocol": {"mode": mode.name, "config": f"configs/demo.py:variant=<variant>,steps={mode.steps}"
-                       + (f",{mode.config_arg}" if mode.config_arg else ""), "steps": mode.steps,
-                       "eval_every_steps": mode.eval_every, "seeds": list(mode.seeds), "n_eval": mode.n_eval,
-                       "warmup_steps": warmup_steps,
-                       "noise_rule": f"|mean difference| > {NOISE_FACTOR:g} x pooled std (sample std over seeds)"},
-          "runs": runs, "summary": summary}
+def analyse(mode: Mode, runs: dict[str, Any], diagnostics: dict[str, Any], selected: dict[str, list[str]],
+            scope: str) -> dict[str, Any]:
+  """Per width: primary endpoints per arm and seed, paired differences, conditioning rows; the verdict."""
+  out: dict[str, Any] = {}
+  for w in mode.widths:
+    tasks = selected[f"{w:g}"]
+    ep = {arm: {s: analysis.endpoint(runs[run_name(arm, w, s)]["top1"], tasks) for s in mode.seeds}
+          for arm in mode.arms}
+    pairs = {f"hyperclip - {arm}": analysis.paired(ep["hyperclip"], ep[arm]) for arm in mode.arms
+             if arm != "hyperclip"}
+    conditioning, dependence = {}, {}
+    for arm in [a for a in mode.arms if a in HYPER_ARMS]:
+      diag = {s: diagnostics[run_name(arm, w, s)] for s in mode.seeds}
+      rows = {"classes": ep[arm]}
+      for cond in ("wrong_task", "train_sets_mean"):
+        rows[cond] = {s: analysis.endpoint(d["zeroshot"][cond], tasks) for s, d in diag.items()}
+      conditioning[arm] = {c: {"per_seed": v, "mean": _mean(v.values())} for c, v in rows.items()}
+      conditioning[arm]["classes - wrong_task"] = _json(analysis.paired(rows["classes"], rows["wrong_task"]))
+      inb = {k: {s: d["inbatch"][k] for s, d in diag.items()} for k in ("own", "other", "mean")}
+      dependence[arm] = {"delta_std_ratio": _mean(d["delta_std_ratio"] for d in diag.values()),
+                         **{f"inbatch_{k}": _mean(v.values()) for k, v in inb.items()},
+                         "own - other": _json(analysis.paired(inb["own"], inb["other"])),
+                         "own - mean": _json(analysis.paired(inb["own"], inb["mean"]))}
+    out[f"{w:g}"] = {"tasks": tasks, "endpoint": ep, "paired": {k: _json(p) for k, p in pairs.items()},
+                     "conditioning": conditioning, "set_dependence": dependence}
+    if mode.scope_ablation and w == mode.claim_width:
+      for other in [sc for sc in mode.scopes if sc != scope]:
+        abl = {s: analysis.endpoint(runs[run_name("hyperclip", w, s, other)]["top1"], tasks) for s in mode.seeds}
+        out[f"{w:g}"][f"scope_{other}"] = {"endpoint": abl,
+                                           f"hyperclip ({scope}) - hyperclip ({other})":
+                                           _json(analysis.paired(ep["hyperclip"], abl))}
+  claim = out[f"{mode.claim_width:g}"]
+  to_paired = lambda d: None if d is None else analysis.Paired(**{k: tuple(v) if isinstance(v, list) else v
+                                                                  for k, v in d.items()})
+  cond, dep = claim["conditioning"].get("hyperclip", {}), claim["set_dependence"].get("hyperclip", {})
+  set_dep = analysis.SetDependence(
+      None if cond.get("classes - wrong_task") is None else cond["classes - wrong_task"]["mean"],
+      None if dep.get("own - other") is None else dep["own - other"]["mean"])
+  verdict, reason = analysis.decide(
+      to_paired(claim["paired"]["hyperclip - siglip"]),
+      {a: to_paired(claim["paired"][f"hyperclip - {a}"]) for a in mode.arms if a not in ("siglip", "hyperclip")},
+      set_dep)
+  return {"widths": out, "verdict": verdict, "reason": reason, "set_dependence_shown": set_dep.shown}
 
 
-def write_markdown(path: str, results: dict[str, Any], throughput: dict[str, Any], specs: list[RunSpec],
-                   command: str, chance: dict[str, float]) -> None:
-  """results.md: the harness, the verdicts, the tables (all numbers from results.json / throughput.json)."""
-  runs, summary, proto = results["runs"], results["summary"], results["protocol"]
-  main = [s for s in specs if not s.ablation]
-  tasks = list(summary)
-  lines = [
-      "# HyperCLIP vs. SigLIP vs. token at small scale (the demo data)",
-      "",
-      "Generated by `bench/studies/reproduce.py`; do not edit by hand. It trains `siglip`, `hyperclip` and "
-      "`token` with the same encoder, data, steps and seeds (a seed changes init and data order), evaluates every "
-      "zero-shot task of the demo data over training, and runs each ablation as one config change of the "
-      "hyperclip run on the first seed. Every number below is read from the runs' own `metrics.jsonl` "
-      f"(`{throughput['runs_dir']}/<name>/`; per-run values in `results.json`).",
-      "",
-      f"- Command: `{command}`",
-      f"- Config: `{proto['config']}`, {proto['steps']} steps per run ({proto['warmup_steps']} of lr warmup; "
-      "batch and the rest as the config), "
-      f"zero-shot eval every {proto['eval_every_steps']} steps on {proto['n_eval']} images per task; seeds "
-      f"{', '.join(map(str, proto['seeds']))}",
-      f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {_backend()}; wall time of the study: "
-      f"{throughput['study_wall_s'] / 60:.1f} min ({throughput['trained']} runs trained, the rest read back)",
-      f"- Seed-noise rule: a difference counts when {proto['noise_rule']}.",
-      *([f"- This is the `{proto['mode']}` study, a check of the harness: its runs are too short to judge the "
-         "claim; `make reproduce` runs the full one."] if proto["mode"] != "full" else []),
-      "",
-      "## Zero-shot top-1 (mean +- std over seeds)",
-      "",
-      "| task | classes | chance | " + " | ".join(VARIANTS) + " | hyperclip - siglip |",
-      "|---|---:|---:|" + "---:|" * (len(VARIANTS) + 1),
-  ]
-  for task in tasks:
-    cells = [f"{summary[task][v]['mean']:.3f} +- {summary[task][v]['std']:.3f}" for v in VARIANTS]
-    diff = summary[task]["hyperclip"]["mean"] - summary[task]["siglip"]["mean"]
-    lines.append(f"| {task} | {round(1 / chance[task])} | {chance[task]:.3f} | " + " | ".join(cells)
-                 + f" | {diff:+.3f} |")
-  lines += ["", "## Verdicts", ""]
-  for task in tasks:
-    by_variant = {v: [runs[s.name]["top1"][task] for s in main if s.variant == v] for v in VARIANTS}
-    lines.append(f"- {verdict(task, by_variant)}")
-  lines += ["", "## Throughput (training images/s: median `perf/images_per_sec` of each run, mean over seeds)", "",
-            "| variant | images/s | vs. siglip |", "|---|---:|---:|"]
-  ips = {v: float(np.mean([throughput["runs"][s.name]["images_per_sec"] for s in main if s.variant == v]))
-         for v in VARIANTS}
-  for v in VARIANTS:
-    lines.append(f"| {v} | {ips[v]:.1f} | {ips[v] / ips['siglip']:.3f}x |")
-  lines += ["", "Timings are of this machine while the study ran (other load slows them); they are kept in "
-            "`throughput.json`, not `results.json`, so that results.json is identical across reruns.", "",
-            "## Ablations (hyperclip, seed " + str(proto["seeds"][0]) + ", final top-1; one change each)", "",
-            "| run | change | " + " | ".join(tasks) + " |", "|---|---|" + "---:|" * len(tasks)]
-  base = next(s for s in main if s.variant == "hyperclip")
-  rows = [(base.name, "(none: the main hyperclip run)")] + [(s.name, s.ablation) for s in specs if s.ablation]
-  for name, change in rows:
-    lines.append(f"| {name} | {change} | " + " | ".join(f"{runs[name]['top1'][t]:.3f}" for t in tasks) + " |")
-  lines.append("| (seed std of hyperclip) | noise scale of one row | "
-               + " | ".join(f"{summary[t]['hyperclip']['std']:.3f}" for t in tasks) + " |")
-  lines += ["", "The ablation rows are one seed each: a difference to the first row smaller than about twice the "
-            "seed std (last row) is noise. Every other run uses configs/demo.py's `bn_stats` and `condition` (the "
-            "defaults named in the rows above). `condition=train_captions` trains exactly "
-            "the first row's model (same params_checksum) and conditions the hypernet at test time on "
-            f"{'the first set_size captions of the training data'} instead of each task's class prompts.", "",
-            "![zero-shot top-1 vs. step](results.png)", ""]
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
+def _mean(values: Any) -> float | None:
+  values = list(values)
+  return None if not values or any(v is None for v in values) else float(sum(values) / len(values))
 
 
-def _backend() -> str:
-  import jax
-  return f"jax {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s))"
-
-
-def plot(path: str, results: dict[str, Any], specs: list[RunSpec], chance: dict[str, float]) -> None:
-  """Zero-shot top-1 vs. step per variant: mean line and min-max band over seeds, one panel per task."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  runs, tasks = results["runs"], list(results["summary"])
-  main = [s for s in specs if not s.ablation]
-  cols = 4
-  rows = math.ceil((len(tasks) + 1) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-  colours = {"siglip": "tab:blue", "hyperclip": "tab:red", "token": "tab:green"}
-  panels = list(axes.flat)
-  for ax, task in zip(panels, tasks):
-    for v in VARIANTS:
-      curves = [runs[s.name]["curves"][task] for s in main if s.variant == v]
-      steps = [p[0] for p in curves[0]]
-      values = np.array([[p[1] for p in c] for c in curves])
-      ax.plot(steps, values.mean(0), color=colours[v], label=v, marker="o", ms=3)
-      ax.fill_between(steps, values.min(0), values.max(0), color=colours[v], alpha=0.2)
-    ax.axhline(chance[task], color="grey", ls="--", lw=1)
-    ax.set_title(task, fontsize=10)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("step")
-  ax = panels[len(tasks)]
-  for v in VARIANTS:  # training loss, mean over seeds
-    curves = [runs[s.name]["loss_curve"] for s in main if s.variant == v]
-    ax.plot([p[0] for p in curves[0]], np.mean([[p[1] for p in c] for c in curves], 0), color=colours[v], label=v)
-  ax.set_title("train loss (mean over seeds)", fontsize=10)
-  ax.set_xlabel("step")
-  ax.legend(fontsize=8)
-  for ax in panels[len(tasks) + 1:]:
-    ax.axis("off")
-  axes.flat[0].set_ylabel("zero-shot top-1 (dashed: chance)")
-  fig.suptitle(f"HyperCLIP vs. SigLIP vs. token: mean and min-max over seeds {results['protocol']['seeds']}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+def _json(p: analysis.Paired | None) -> dict[str, Any] | None:
+  return None if p is None else p.to_json()
 
 
 def run_study(mode: Mode, out: str, runs_dir: str, command: str) -> dict[str, Any]:
-  """Trains (or reads back) every run of the study in runs_dir/<name> and writes the four outputs to `out`."""
-  import jax
-  from hyperclip_jax import config as config_lib
-  from hyperclip_jax import validation
-  base = make_config(mode, RunSpec("x", "hyperclip", 0))
-  specs = study(mode, base.model.hyper.set_size, base.model.image.get("bn_stats", "group"))
-  configs = {s.name: make_config(mode, s) for s in specs}
-  for name, config in configs.items():  # every run's config is checked before the first one trains
-    try:
-      validation.validate(config, jax.device_count())
-    except config_lib.ConfigError as e:
-      raise config_lib.ConfigError(f"study run {name}: {e}") from None
+  """Stages 1-4 (module docstring); writes the four outputs to `out`."""
+  import conditioning
+  import report
+  protocol = report.registered_protocol(os.path.join(out, "results.md"), PROTOCOL)  # stops early on a mismatch
   t0 = time.perf_counter()
-  runs, throughput, trained = {}, {"runs": {}}, 0
-  for spec in specs:
-    workdir = os.path.join(runs_dir, spec.name)
-    print(f"reproduce: run {spec.name} ({len(runs) + 1}/{len(specs)})", file=sys.stderr, flush=True)
-    wall = train_run(configs[spec.name], workdir)
-    trained += wall is not None
-    rows = read_metrics(workdir)
-    runs[spec.name] = summarize_run(rows, spec)
-    ips = [r["perf/images_per_sec"] for r in rows if isinstance(r.get("perf/images_per_sec"), float)
-           and not math.isnan(r["perf/images_per_sec"])]
-    throughput["runs"][spec.name] = {"images_per_sec": float(np.median(ips)) if ips else float("nan"),
-                                     "wall_s": wall}
-  throughput.update(study_wall_s=time.perf_counter() - t0, trained=int(trained), runs_dir=runs_dir)
-  results = build_results(mode, specs, runs, configs[specs[0].name].optim.schedule.warmup_steps)
-  from hyperclip_jax.data.sources import demo
-  chance = {t: 1.0 / len(task.class_names) for t, task in demo.demo_tasks(32, 1).items()}
+  runner = Runner(mode, runs_dir)
+  chance = demo_chance()
+  pilots = pilot_specs(mode)
+  runner.check(pilots + main_specs(mode, mode.scopes[0]))
+  runner.run(pilots)
+  selected, excluded = {}, {}
+  for spec in pilots:
+    if spec.arm == "siglip":
+      key = f"{spec.width:g}"
+      selected[key], excluded[key] = analysis.select_tasks(runner.runs[spec.name]["top1"], chance, mode.ceiling,
+                                                           mode.floor_x_chance)
+  scope, scope_scores = choose_scope(mode, runner.runs, selected[f"{mode.claim_width:g}"])
+  print(f"reproduce: pilot: tasks {selected}, loss.scope {scope}", file=sys.stderr, flush=True)
+  mains = main_specs(mode, scope)
+  runner.check(mains)
+  runner.run(mains)
+  diagnostics = {}
+  for spec in [s for s in mains if s.stage == "main" and s.arm in HYPER_ARMS]:
+    print(f"reproduce: diagnostics of {spec.name}", file=sys.stderr, flush=True)
+    top1 = runner.runs[spec.name]["top1"]
+    diagnostics[spec.name] = conditioning.diagnose(os.path.join(runs_dir, spec.name), list(top1), mode.n_eval,
+                                                   mode.diag_sets, mode.inbatch_batches)
+    runner.runs[spec.name]["diagnostics"] = diagnostics[spec.name]
+  results = {
+      "protocol": {**dataclasses.asdict(mode), "config": "configs/demo.py:variant=<arm>,steps=" + str(mode.steps)
+                   + (f",{mode.config_arg}" if mode.config_arg else ""), "min_effect": analysis.MIN_EFFECT,
+                   "confidence": analysis.CONFIDENCE},
+      "pilot": {"selected_tasks": selected, "excluded_tasks": excluded, "scope": scope,
+                "scope_endpoints": scope_scores, "chance": chance},
+      "runs": runner.runs,
+      "analysis": analyse(mode, runner.runs, diagnostics, selected, scope),
+  }
+  meta = {"runs": runner.throughput, "study_wall_s": time.perf_counter() - t0, "trained": int(runner.trained),
+          "runs_dir": runs_dir, "command": command, "machine": machine(), "commit": commit()}
   with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1, sort_keys=True)
   with open(os.path.join(out, "throughput.json"), "w", encoding="utf-8") as f:
-    json.dump(throughput, f, indent=1, sort_keys=True)
-  write_markdown(os.path.join(out, "results.md"), results, throughput, specs, command, chance)
-  plot(os.path.join(out, "results.png"), results, specs, chance)
+    json.dump(meta, f, indent=1, sort_keys=True)
+  report.write_markdown(os.path.join(out, "results.md"), protocol, results, meta)
+  report.plot(os.path.join(out, "results.png"), results)
+  print(f"reproduce: {results['analysis']['verdict']}: {results['analysis']['reason']}", flush=True)
   print(f"reproduce: wrote {out}/results.md, results.json, results.png, throughput.json", flush=True)
   return results
+
+
+def machine() -> str:
+  import jax
+  return (f"{platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()} "
+          f"({jax.device_count()} device(s))")
+
+
+def commit() -> str:
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    return head + (" (with uncommitted changes)" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown (not a git checkout)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,10 +413,12 @@ def main(argv: list[str] | None = None) -> int:
   os.makedirs(args.out, exist_ok=True)
   command = (os.environ.get("REPRODUCE_COMMAND")
              or shlex.join([".venv/bin/python", "bench/studies/reproduce.py", *argv]))
+  import report
+
   from hyperclip_jax import config as config_lib
   try:
     run_study(mode, args.out, args.runs or os.path.join(args.out, "runs"), command)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, report.ProtocolError) as e:
     print(f"reproduce: error: {e}", file=sys.stderr)
     return 2
   return 0
