@@ -45,7 +45,7 @@ class ClassificationTask:
   name: str
   class_names: Sequence[str]
   templates: Sequence[str]
-  # callable (process_index=0, process_count=1) -> iterable of (images [b, H, W, 3] float32, labels [b] int32);
+  # callable () or (process_index=, process_count=) -> iterable of (images [b, H, W, 3] float32, labels [b] int32);
   # with several processes, this host's rows of each global batch, the same count on every host (label -1: pad)
   batches: Any
 
@@ -119,7 +119,9 @@ class ZeroShotEvaluator:
     images, several read 1/P each (padding rows, label -1, are dropped here)."""
     count = jax.process_count()
     batch_sharding = sharding.batch_sharding(self.mesh)
-    for images, labels in task.batches(jax.process_index(), count):
+    # one process: the zero-argument call every batches callable supports (e.g. a functools.partial of a reader)
+    batches = task.batches() if count == 1 else task.batches(process_index=jax.process_index(), process_count=count)
+    for images, labels in batches:
       if count > 1:
         if images.shape[0] % jax.local_device_count():
           raise ValueError(f"zero-shot task {task.name}: {images.shape[0]} images per host do not split over "
