@@ -40,3 +40,12 @@ def tiny_encoder(name, overrides, size=32):
   model = build_image_encoder(name, **overrides)
   images = jax.random.uniform(jax.random.PRNGKey(1), (2, size, size, 3), minval=-1, maxval=1)
   return model, random_variables(model, images), images
+
+
+def perturb_hyper(params, seed=1, scale=0.5):
+  """params with noise on every hypernet leaf (as after training steps): its zero-init output layer otherwise
+  generates exactly zero (Δ = 0, or U = 0 for the low-rank variants)."""
+  leaves, treedef = jax.tree_util.tree_flatten(params["hyper"])
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  leaves = [l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]
+  return {**params, "hyper": jax.tree_util.tree_unflatten(treedef, leaves)}

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from encoder_fakes import perturb_hyper
 
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import export, optim, sharding, train, validation
@@ -45,12 +46,6 @@ def models():
   return out
 
 
-def _perturb_head(params, seed=1, scale=0.5):
-  """A nonzero hypernet (as after training): its zero-init output layer otherwise makes U = 0."""
-  leaves, treedef = jax.tree_util.tree_flatten(params["hyper"])
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  leaves = [l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]
-  return {**params, "hyper": jax.tree_util.tree_unflatten(treedef, leaves)}
 
 
 def test_targets_and_rank(models):
@@ -82,7 +77,7 @@ def test_at_init_equals_siglip(models, variant, train_mode):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_update_is_the_layer_with_kernel_w_plus_uv_per_group(models, variant):
   model, v = models[variant]
-  params = _perturb_head(v["params"])
+  params = perturb_hyper(v["params"])
   images, tokens = _batch(_config(variant))
   g, s = 2, model.set_size
   ztxt = model.encode_text(params, tokens).reshape(g, s, -1)
@@ -107,7 +102,7 @@ def test_update_is_the_layer_with_kernel_w_plus_uv_per_group(models, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_folded_classifier_matches_the_conditioned_model(models, variant, sets):
   model, v = models[variant]
-  params = _perturb_head(v["params"], scale=0.2)
+  params = perturb_hyper(v["params"], scale=0.2)
   rng = np.random.default_rng(3)
   batch_stats = jax.tree.map(  # running statistics away from (0, 1), so the BatchNorm fold is exercised too
       lambda x: jnp.asarray(x + rng.uniform(0.2, 0.5, x.shape).astype(np.float32)), v["batch_stats"])

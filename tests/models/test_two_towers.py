@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from encoder_fakes import perturb_hyper
 
 from hyperclip_jax import config as config_lib
 from hyperclip_jax import losses
@@ -36,12 +37,6 @@ def models():
   return out
 
 
-def _perturb_head(params, seed=1, scale=0.5):
-  """A nonzero hypernet output layer (as after training steps): zero-init otherwise makes Δ = 0."""
-  leaves, treedef = jax.tree_util.tree_flatten(params["hyper"])
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  leaves = [l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]
-  return {**params, "hyper": jax.tree_util.tree_unflatten(treedef, leaves)}
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -58,7 +53,7 @@ def test_hyperclip_at_init_equals_siglip(models, train):
 
 def test_nonzero_head_gives_per_group_embeddings(models):
   hyper, v = models["hyperclip"]
-  params = _perturb_head(v["params"])
+  params = perturb_hyper(v["params"])
   images, tokens = _batch(_config("hyperclip"))  # 8 pairs = 2 groups of set_size 4
   images = jnp.concatenate([images[:4], images[:4]])  # the same images in both groups
   z, _, _ = hyper(params, v["batch_stats"], images, tokens, train=False)
@@ -69,7 +64,7 @@ def test_nonzero_head_gives_per_group_embeddings(models):
 
 def test_generated_params_are_a_set_function(models):
   hyper, v = models["hyperclip"]
-  params = _perturb_head(v["params"])
+  params = perturb_hyper(v["params"])
   _, tokens = _batch(_config("hyperclip"))
   ztxt = hyper.encode_text(params, tokens)[None, :4]  # [1, 4, D]
   perm = ztxt[:, ::-1]
@@ -81,7 +76,7 @@ def test_generated_params_are_a_set_function(models):
 
 def test_token_variant_ignores_texts(models):
   model, v = models["token"]
-  params = _perturb_head(v["params"])
+  params = perturb_hyper(v["params"])
   images, tokens = _batch(_config("token"))
   z1, _, _ = model(params, v["batch_stats"], images, tokens, train=False)
   z2, _, _ = model(params, v["batch_stats"], images, jnp.roll(tokens, 1, axis=0), train=False)
@@ -90,7 +85,7 @@ def test_token_variant_ignores_texts(models):
 
 def test_gradients_reach_all_three_parts(models):
   model, v = models["hyperclip"]
-  params = _perturb_head(v["params"], scale=0.05)
+  params = perturb_hyper(v["params"], scale=0.05)
   images, tokens = _batch(_config("hyperclip"))
 
   @jax.jit
@@ -131,7 +126,7 @@ def test_other_encoder_families_train_in_the_two_tower_model(encoder):
   v = model.init(jax.random.PRNGKey(0))
   images, tokens = _batch(config)
   step = jax.jit(lambda p, b: model(p, b, images, tokens, train=True))
-  zimg, ztxt, batch_stats = step(_perturb_head(v["params"], scale=0.05), v["batch_stats"])
+  zimg, ztxt, batch_stats = step(perturb_hyper(v["params"], scale=0.05), v["batch_stats"])
   assert zimg.shape == ztxt.shape == (8, config.model.embed_dim)
   assert bool(jnp.isfinite(zimg).all())
   assert jax.tree_util.tree_structure(batch_stats) == jax.tree_util.tree_structure(v["batch_stats"])
