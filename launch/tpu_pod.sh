@@ -217,7 +217,9 @@ run_script() {
   printf -v train '%q ' env "${env_args[@]}" .venv/bin/python -m hyperclip_jax.train --config "$config" \
     --workdir "$workdir" --config.distributed.mode=on "${overrides[@]}"
   # The wrapper records the trainer's pid and, once it ends, its exit code; the trainer gets SIGTERM from `stop`.
-  wrapper="${train}& echo \$! > logs/train.pid; wait \$!; rc=\$?; echo \$rc > logs/exit_code"
+  # Both files are written to a temporary name and renamed, so a reader never sees one half written.
+  wrapper="${train}& echo \$! > logs/train.pid.tmp; mv logs/train.pid.tmp logs/train.pid; wait \$!; rc=\$?"
+  wrapper+="; echo \$rc > logs/exit_code.tmp; mv logs/exit_code.tmp logs/exit_code"
   wrapper+="; echo \"=== \$(date -u +%FT%TZ) exit \$rc\""
   wrapper="$(squote "$wrapper")"
   cat <<EOF

@@ -169,6 +169,10 @@ def test_tpu_run_passes_the_environment_on():
                                       "XLA_FLAGS=--xla_a=1 --xla_b=2", ".venv/bin/python"]
 
 
+def _nonempty(path):
+  return path.exists() and path.stat().st_size > 0
+
+
 def _wait_for(predicate, what, timeout=90.0):
   deadline = time.monotonic() + timeout
   while not predicate():
@@ -200,7 +204,7 @@ def test_tpu_run_is_detached_and_status_logs_stop_follow_it(tpu):
   assert up.returncode == 0, up.stderr
   assert "worker 0: started" in up.stdout and "worker 1: started" in up.stdout
   logs_dir = [tmp / f"worker_{w}" / "hyperclip_jax" / "logs" for w in range(2)]
-  _wait_for(lambda: all((d / "train.pid").exists() for d in logs_dir), "the trainers' pid files")
+  _wait_for(lambda: all(_nonempty(d / "train.pid") for d in logs_dir), "the trainers' pid files")
   pids = [int((d / "train.pid").read_text()) for d in logs_dir]
   for pid in pids:  # the ssh sessions (fake gcloud's bash) are gone; the trainers run on
     os.kill(pid, 0)
@@ -216,7 +220,7 @@ def test_tpu_run_is_detached_and_status_logs_stop_follow_it(tpu):
   stop = _run("tpu_pod.sh", "stop", *args, env=env)
   assert stop.returncode == 0, stop.stderr
   assert "worker 1: SIGTERM sent" in stop.stdout
-  _wait_for(lambda: all((d / "exit_code").exists() for d in logs_dir), "the trainers' exit codes")
+  _wait_for(lambda: all(_nonempty(d / "exit_code") for d in logs_dir), "the trainers' exit codes")
   assert [(d / "exit_code").read_text().strip() for d in logs_dir] == ["75", "75"]
   status = _run("tpu_pod.sh", "status", *args, env=env)
   assert "worker 0: stopped with a checkpoint (exit 75)" in status.stdout
