@@ -66,6 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       contrast_attributes=("shape", "shape", "texture", "texture", "colour", "size", "position"),
       object_scale=1.0,  # object radii x this (the eval tasks render with the same scale)
       solid_named_prob=0.4,  # how often a caption that names texture says "solid" (the unmarked case)
+      # share of task-shaped conditioning sets (one attribute, distinct values, class prompts; sigmoid loss
+      # only; docs/data.md)
+      task_sets=0.0,
       read_threads=1,
       worker_count=0))
 

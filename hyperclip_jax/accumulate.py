@@ -16,6 +16,9 @@ through the hypernet included, since step 3 recomputes the hypernet too). The ru
 affine in the batch mean of the per-group statistics, so the mean over micro-batches of their updated
 averages equals the full-batch update. Dropout / drop-path masks are drawn per micro-batch, so with those
 on the step is equal in distribution only; the trainer's default has none.
+
+A batch with multi-positive rows (config.data.task_sets) carries `positive_id` [B]; the loss gets it as
+`ids` in both forms (step 2 scores the full batch in its original row order, so the ids need no split).
 """
 from __future__ import annotations
 
@@ -47,6 +50,11 @@ def merge(x: Array, n: int) -> Array:
   return jnp.swapaxes(x, 0, 1).reshape((k * bk,) + x.shape[3:])
 
 
+def _ids(batch: dict) -> dict:
+  """The loss's `ids` keyword: the batch's positive_id when it has one (multi-positive rows), else none."""
+  return {"ids": batch["positive_id"]} if "positive_id" in batch else {}
+
+
 def make_loss_and_grads(model: Any, loss_fn: Callable[..., Array], accum_steps: int = 1,
                         mesh: Mesh | None = None) -> Callable[..., tuple[Array, Any, Any, Array, Array]]:
   """fn(params, batch_stats, batch, rng) -> (loss, grads, new batch_stats, zimg [B, D], ztxt [B, D])."""
@@ -54,7 +62,7 @@ def make_loss_and_grads(model: Any, loss_fn: Callable[..., Array], accum_steps: 
   def full_batch(params, batch_stats, batch, rng):
     def objective(params):
       zimg, ztxt, new_stats = model(params, batch_stats, batch["image"], batch["text"], train=True, rng=rng)
-      return loss_fn(zimg, ztxt, params["t"], params["b"]), (new_stats, zimg, ztxt)
+      return loss_fn(zimg, ztxt, params["t"], params["b"], **_ids(batch)), (new_stats, zimg, ztxt)
     (loss, (new_stats, zimg, ztxt)), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return loss, grads, new_stats, zimg, ztxt
 
@@ -92,7 +100,8 @@ def make_loss_and_grads(model: Any, loss_fn: Callable[..., Array], accum_steps: 
     zimg, ztxt = merge(zimg, n), merge(ztxt, n)  # [B, D]
 
     # 2: the loss over the full batch and its gradients w.r.t. the embeddings and t, b.
-    loss, (dzimg, dztxt, dt, db) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3))(
+    ids = _ids(batch)
+    loss, (dzimg, dztxt, dt, db) = jax.value_and_grad(lambda *a: loss_fn(*a, **ids), argnums=(0, 1, 2, 3))(
         zimg, ztxt, params["t"], params["b"])
     dz = {"zimg": constrain(split(dzimg, k, n)), "ztxt": constrain(split(dztxt, k, n))}
 

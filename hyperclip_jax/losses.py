@@ -15,6 +15,11 @@ pairs, the set the hypernet read), as at test time where a class set holds every
 is then the mean over the N / set_size groups of the dense loss of each [set_size, set_size] block (sigmoid:
 each group's sum over pairs / set_size, so the whole is the sum over all scored pairs / N, as SigLIP's;
 softmax: the mean of both directions' cross-entropies over all N images and N texts).
+
+Multi-positive rows (config.data.task_sets, data/sources/demo_task_sets.py): the sigmoid losses take optional
+`ids` [N] int, one per row; pair (i, j) is a positive (label +1) iff ids[i] == ids[j], else -1. With all ids
+distinct that is the diagonal, so the loss equals the one without ids. ids=None keeps the diagonal. The
+softmax loss has one positive per row and refuses ids.
 """
 from __future__ import annotations
 
@@ -42,34 +47,57 @@ def _logits(zimg: Array, ztxt: Array, t_prime: Array) -> Array:
   return scale * jnp.dot(zimg, ztxt.T)
 
 
-def sigmoid_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array) -> Array:
+def _id_labels(ids_img: Array, ids_txt: Array) -> Array:
+  """+1 where the row ids match, -1 elsewhere: [b] x [b'] -> [b, b'] float32."""
+  same = jnp.asarray(ids_img)[:, None] == jnp.asarray(ids_txt)[None, :]
+  return jnp.where(same, jnp.float32(1.0), jnp.float32(-1.0))
+
+
+def sigmoid_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, ids: Optional[Array] = None) -> Array:
   """SigLIP loss (Zhai et al. 2023): every one of the N×N pairs is a binary match/no-match problem.
 
-  logits = exp(t') zimg ztxtᵀ + b, labels +1 on the diagonal and -1 elsewhere;
+  logits = exp(t') zimg ztxtᵀ + b, labels +1 on the diagonal (or where `ids` match) and -1 elsewhere;
   loss = -Σ log σ(labels · logits) / N (summed over pairs, divided by N, as in the paper).
   """
   logits = _logits(zimg, ztxt, t_prime) + jnp.asarray(bias, jnp.float32)  # [N, N]
   n = logits.shape[0]
-  labels = 2.0 * jnp.eye(n, dtype=jnp.float32) - 1.0  # [N, N]
+  if ids is None:
+    labels = 2.0 * jnp.eye(n, dtype=jnp.float32) - 1.0  # [N, N]
+  else:
+    labels = _id_labels(_check_ids(ids, n), ids)
   return -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / n
 
 
-def softmax_clip_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Optional[Array] = None) -> Array:
+def _check_ids(ids: Array, n: int) -> Array:
+  if ids.ndim != 1 or ids.shape[0] != n:
+    raise ValueError(f"contrastive loss: ids must be [N] with N={n} rows; got shape {tuple(ids.shape)}")
+  return ids
+
+
+def softmax_clip_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Optional[Array] = None,
+                      ids: Optional[Array] = None) -> Array:
   """CLIP loss: mean of the image->text and text->image cross-entropies with logit scale exp(t').
 
   `bias` is accepted for a uniform call signature and ignored: it would cancel out in a softmax anyway.
   """
   del bias
+  if ids is not None:
+    raise ValueError("the softmax (CLIP) loss takes one positive per row; multi-positive ids "
+                     "(config.data.task_sets > 0) need config.loss.name='sigmoid'")
   logits = _logits(zimg, ztxt, t_prime)  # [N, N]
   i2t = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=1)))
   t2i = -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=0)))
   return 0.5 * (i2t + t2i)
 
 
-def contrastive_accuracy(zimg: Array, ztxt: Array) -> Array:
-  """Fraction of images whose most similar text is their own (image->text top-1), for logging."""
+def contrastive_accuracy(zimg: Array, ztxt: Array, ids: Optional[Array] = None) -> Array:
+  """Fraction of images whose most similar text is their own (image->text top-1), for logging; with `ids`,
+  a text of the same id counts as their own."""
   sims = _logits(zimg, ztxt, jnp.float32(0.0))  # [N, N]
-  return jnp.mean((jnp.argmax(sims, axis=1) == jnp.arange(sims.shape[0])).astype(jnp.float32))
+  best = jnp.argmax(sims, axis=1)
+  if ids is None:
+    return jnp.mean((best == jnp.arange(sims.shape[0])).astype(jnp.float32))
+  return jnp.mean((ids[best] == ids).astype(jnp.float32))
 
 
 def _pair_terms(zimg: Array, ztxt: Array, scale: Array, bias: Array, positive: bool) -> Array:
@@ -81,14 +109,21 @@ def _pair_terms(zimg: Array, ztxt: Array, scale: Array, bias: Array, positive: b
   return -jnp.sum(jax.nn.log_sigmoid(-logits))
 
 
-def chunked_sigmoid_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, *, mesh: Mesh,
-                         axes: tuple[str, ...] = ("data", "fsdp")) -> Array:
+def _id_terms(zimg: Array, ztxt: Array, scale: Array, bias: Array, ids_img: Array, ids_txt: Array) -> Array:
+  """Σ -log σ(label · logit) over one [b, b] block, labels +1 where the ids match."""
+  logits = scale * jnp.dot(zimg, ztxt.T) + bias  # [b, b]
+  return -jnp.sum(jax.nn.log_sigmoid(_id_labels(ids_img, ids_txt) * logits))
+
+
+def chunked_sigmoid_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, ids: Optional[Array] = None,
+                         *, mesh: Mesh, axes: tuple[str, ...] = ("data", "fsdp")) -> Array:
   """The sigmoid loss computed block by block around a ring of the mesh's `axes` (SigLIP paper, Sec. 3.3).
 
   zimg, ztxt [N, D] are split over `axes` (n devices, b = N / n rows each). Step 0 scores a device's images
   against its own texts (the positives sit on that block's diagonal); each of the n - 1 further steps
   passes the text block to the next device and scores all-negative pairs. Each step is rematerialised in
-  the backward pass, so a device holds one [b, b] logit block plus the n text blocks it has seen.
+  the backward pass, so a device holds one [b, b] logit block plus the n text blocks it has seen. With `ids`
+  the texts' ids travel with their block and label every block's pairs.
   """
   n = 1
   for a in axes:
@@ -115,12 +150,31 @@ def chunked_sigmoid_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, 
       (_, acc), _ = jax.lax.scan(step, (zt, acc), None, length=n - 1)
     return jax.lax.psum(acc, axes) / total
 
-  fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())
-  return fn(zimg, ztxt, jnp.asarray(t_prime, jnp.float32), jnp.asarray(bias, jnp.float32))
+  def local_ids(zi, zt, t, b, idi):  # as local, with the text ids passed around the ring with their block
+    zi, zt = zi.astype(jnp.float32), zt.astype(jnp.float32)
+    scale, b = jnp.exp(t.astype(jnp.float32)), b.astype(jnp.float32)
+    acc = _id_terms(zi, zt, scale, b, idi, idi)
+
+    @jax.checkpoint
+    def step(carry, _):
+      zt, idt, acc = carry
+      zt, idt = jax.lax.ppermute((zt, idt), axes, perm)
+      return (zt, idt, acc + _id_terms(zi, zt, scale, b, idi, idt)), None
+
+    if n > 1:
+      (_, _, acc), _ = jax.lax.scan(step, (zt, idi, acc), None, length=n - 1)
+    return jax.lax.psum(acc, axes) / total
+
+  t_prime, bias = jnp.asarray(t_prime, jnp.float32), jnp.asarray(bias, jnp.float32)
+  if ids is None:
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())
+    return fn(zimg, ztxt, t_prime, bias)
+  fn = jax.shard_map(local_ids, mesh=mesh, in_specs=(P(axes), P(axes), P(), P(), P(axes)), out_specs=P())
+  return fn(zimg, ztxt, t_prime, bias, _check_ids(ids, total))
 
 
-def group_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, *, set_size: int,
-               loss: LossFn = sigmoid_loss) -> Array:
+def group_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, ids: Optional[Array] = None, *,
+               set_size: int, loss: LossFn = sigmoid_loss) -> Array:
   """loss.scope='group': `loss` over each group of set_size consecutive pairs alone, averaged over groups.
 
   Pair i is scored only against the texts of its own group (a block-diagonal [N, N] pattern); logits held:
@@ -131,12 +185,18 @@ def group_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, *, set_siz
         f"group loss: zimg and ztxt must both be [N, D] with N divisible by set_size={set_size}; got "
         f"{tuple(zimg.shape)} and {tuple(ztxt.shape)}")
   shape = (zimg.shape[0] // set_size, set_size, zimg.shape[1])
-  per_group = jax.vmap(lambda zi, zt: loss(zi, zt, t_prime, bias))(zimg.reshape(shape), ztxt.reshape(shape))
+  if ids is None:
+    per_group = jax.vmap(lambda zi, zt: loss(zi, zt, t_prime, bias))(zimg.reshape(shape), ztxt.reshape(shape))
+  else:
+    ids = _check_ids(ids, zimg.shape[0]).reshape(shape[:2])
+    per_group = jax.vmap(lambda zi, zt, i: loss(zi, zt, t_prime, bias, ids=i))(
+        zimg.reshape(shape), ztxt.reshape(shape), ids)
   return jnp.mean(per_group)
 
 
-def chunked_group_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, *, set_size: int, mesh: Mesh,
-                       loss: LossFn = sigmoid_loss, axes: tuple[str, ...] = ("data", "fsdp")) -> Array:
+def chunked_group_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, ids: Optional[Array] = None, *,
+                       set_size: int, mesh: Mesh, loss: LossFn = sigmoid_loss,
+                       axes: tuple[str, ...] = ("data", "fsdp")) -> Array:
   """group_loss with each device scoring only its own rows' groups (no ring: a group never spans devices).
 
   Exact when each device's N / n rows are whole groups (config.validate ensures it); otherwise a ValueError.
@@ -154,8 +214,17 @@ def chunked_group_loss(zimg: Array, ztxt: Array, t_prime: Array, bias: Array, *,
     local_groups = zi.shape[0] // set_size
     return jax.lax.psum(group_loss(zi, zt, t, b, set_size=set_size, loss=loss) * local_groups, axes) / groups
 
-  fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())
-  return fn(zimg, ztxt, jnp.asarray(t_prime, jnp.float32), jnp.asarray(bias, jnp.float32))
+  def local_ids(zi, zt, t, b, idi):
+    local_groups = zi.shape[0] // set_size
+    per_device = group_loss(zi, zt, t, b, idi, set_size=set_size, loss=loss)
+    return jax.lax.psum(per_device * local_groups, axes) / groups
+
+  t_prime, bias = jnp.asarray(t_prime, jnp.float32), jnp.asarray(bias, jnp.float32)
+  if ids is None:
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())
+    return fn(zimg, ztxt, t_prime, bias)
+  fn = jax.shard_map(local_ids, mesh=mesh, in_specs=(P(axes), P(axes), P(), P(), P(axes)), out_specs=P())
+  return fn(zimg, ztxt, t_prime, bias, _check_ids(ids, zimg.shape[0]))
 
 
 LOSSES: dict[str, LossFn] = {
@@ -169,7 +238,7 @@ SCOPES = ("batch", "group")  # config.loss.scope: which pairs are scored (module
 
 def get_loss(name: str, chunked: bool = False, mesh: Optional[Mesh] = None, scope: str = "batch",
              set_size: Optional[int] = None) -> LossFn:
-  """The loss called `name` (config.loss.name); every loss is `fn(zimg, ztxt, t_prime, bias) -> scalar`.
+  """The loss called `name` (config.loss.name); every loss is `fn(zimg, ztxt, t_prime, bias, ids=None) -> scalar`.
 
   chunked=True (config.loss.chunked) selects the ring form of the sigmoid loss over `mesh`; scope='group'
   (config.loss.scope) scores each group of `set_size` pairs alone (with chunked=True: per device, no ring).

@@ -33,6 +33,10 @@ from hyperclip_jax.models import two_towers
 State = state_lib.State
 
 
+MODEL_KEYS = ("image", "text", "positive_id")  # what the train step reads of a host batch (positive_id: when
+# config.data.task_sets > 0, multi-positive rows; data/sources/demo_task_sets.py)
+
+
 def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformation, loss_name: str,
                     schedule: Callable[[Any], Any], *, mesh: jax.sharding.Mesh | None = None,
                     chunked_loss: bool = False, accum_steps: int = 1, guard_nonfinite: bool = False,
@@ -63,7 +67,7 @@ def make_train_step(model: two_towers.TwoTowers, tx: optax.GradientTransformatio
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "batch_stats": batch_stats}
     metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
                "train/t": jnp.exp(params["t"]), "train/b": params["b"], "train/lr": schedule(state["step"]),
-               "train/i2t_acc": losses.contrastive_accuracy(zimg, ztxt)}
+               "train/i2t_acc": losses.contrastive_accuracy(zimg, ztxt, batch.get("positive_id"))}
     if not guard_nonfinite:
       return new_state, metrics
     grads_ok, params_ok = guards.leaf_finite(grads), guards.leaf_finite(params)
@@ -139,7 +143,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
   try:  # e.g. a shard pattern that matches nothing: a config problem, said in one line
     data_iter = input_pipeline.make_train_iterator(
         config.data, tokenizer, config.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(), set_size=config.model.hyper.set_size)
     pixel_affine = input_pipeline.train_pixel_affine(config.data)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
@@ -190,7 +194,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, cleanup: contextlib.
     wait = timer.waiting_for_data() if timer else contextlib.nullcontext()
     with wait:
       host_batch = next(data_iter)
-      batch = sharding.put_batch({k: v for k, v in host_batch.items() if k in ("image", "text")}, mesh)
+      batch = sharding.put_batch({k: v for k, v in host_batch.items() if k in MODEL_KEYS}, mesh)
     if timer is None:
       timer = perf.StepTimer(config.batch_size, jax.device_count(),
                              perf.step_flops(train_step, state, batch, train_rng), topology["device_kind"])

@@ -71,6 +71,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   except ValueError as e:
     raise ConfigError(f"{e} (conv_impl auto: cpu_fast on CPU, native on GPU/TPU)" if "conv_impl" in str(e)
                       else str(e)) from None
+  _check_task_sets(config)
   evaluators.validate(config)  # config.evals: types, keys, data specs (no data is opened)
   _validate_scale_out(config, num_devices, groups)
   _check_text_pooling(config)
@@ -113,6 +114,23 @@ def _validate_scale_out(config: ml_collections.ConfigDict, num_devices: int, gro
   mode = (config.get("distributed") or {}).get("mode", "auto")
   if mode not in ("auto", "on", "off"):
     raise ConfigError(f"config.distributed.mode={mode!r} is unknown; known: auto, on, off")
+
+
+def _check_task_sets(config: ml_collections.ConfigDict) -> None:
+  """config.data.task_sets: a probability; > 0 needs the demo source and the sigmoid loss (multi-positive rows)."""
+  p = config.data.get("task_sets", 0.0)
+  if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+    raise ConfigError(f"config.data.task_sets={p!r} must be a probability in [0, 1] (0 = off)")
+  if not p:
+    return
+  name = config.data.get("name", "demo")
+  if name != "demo":
+    raise ConfigError(f"config.data.task_sets={p} is implemented for the demo source only, not "
+                      f"config.data.name={name!r}; set it to 0 (docs/data.md, task-shaped sets, says how it maps "
+                      "to real data)")
+  if config.loss.name != "sigmoid":
+    raise ConfigError(f"config.data.task_sets={p} gives rows several positives, which needs "
+                      f"config.loss.name='sigmoid' (got {config.loss.name!r})")
 
 
 def _check_text_pooling(config: ml_collections.ConfigDict) -> None:

@@ -13,6 +13,9 @@ config.data fields (an ml_collections ConfigDict; missing optional fields take t
                                   captions, 128 fits 99.8% of all; longer ones are truncated)
   two_objects_prob: float = 0.3   demo: share of two-object scenes
   partial_caption_prob: float = 0.2  demo: share of captions naming only some attributes
+  task_sets: float = 0.0          demo: share of task-shaped conditioning sets (one attribute, distinct values,
+                                  class-prompt captions; same-class rows are positives: the batch then has
+                                  'positive_id' i32 [b]; data/sources/demo_task_sets.py, docs/data.md)
   shuffle: bool = True            finite sources: reshuffle every epoch (the demo stream is already random)
   worker_count: int | str = 0     grain worker processes (mp_prefetch); 0 renders in this process; 'auto' =
                                   the cores this process may use less 2 for the main loop (data/workers.py)
@@ -42,7 +45,7 @@ from absl import flags as absl_flags
 
 from hyperclip_jax.data import bad_data, pixels, sources, streaming, workers
 from hyperclip_jax.data import pp as pp_lib
-from hyperclip_jax.data.sources import webdataset
+from hyperclip_jax.data.sources import demo_task_sets, webdataset
 from hyperclip_jax.data.sources.demo import ZeroShotTask
 from hyperclip_jax.data.tokenizers import Tokenizer
 
@@ -84,8 +87,9 @@ class _HostPosition:
 class _ReadExample:
   """Global position -> model inputs {'image': u8 [H, W, 3], 'text': i32 [L], 'index': i64}."""
 
-  def __init__(self, source: Any, tokenizer: Tokenizer, max_len: int, shuffle: bool, seed: int):
-    self.source, self.tokenizer, self.max_len = source, tokenizer, max_len
+  def __init__(self, source: Any, tokenizer: Tokenizer, max_len: int, shuffle: bool, seed: int,
+               global_batch: int = 0):
+    self.source, self.tokenizer, self.max_len, self.global_batch = source, tokenizer, max_len, global_batch
     self.n = len(source)
     self.shuffle, self.seed = shuffle and self.n < _INFINITE, seed
 
@@ -100,11 +104,14 @@ class _ReadExample:
 
   def __call__(self, g: int) -> dict:
     example = self.source[self.source_index(g)]
-    return {
+    out = {
         "image": np.asarray(example["image"], np.uint8),
         "text": self.tokenizer.encode([example["caption"]], self.max_len)[0],
         "index": np.int64(g),
     }
+    if "positive_row" in example:  # task-shaped sets: ids by global batch row, unique across hosts
+      out["positive_id"] = np.int32(example["positive_row"] % self.global_batch)
+    return out
 
 
 class _ReadRawExample(_ReadExample):
@@ -185,12 +192,14 @@ class TrainIterator(grain.DatasetIterator):
 
 
 def make_train_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_size: int, seed: int,
-                        process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+                        process_index: int = 0, process_count: int = 1,
+                        set_size: int | None = None) -> grain.DatasetIterator:
   """Endless iterator of this host's slice of each global batch:
   {'image': u8 [b, H, W, 3], 'text': i32 [b, L], 'index': i64 [b]}, b = global / process_count. The images
   are pixels: the train step turns them into model inputs with train_pixel_affine(config_data) (a pp spec
   whose value_range cannot move to the device gives float32 images, which that affine passes through).
-  `it.get_state()` / `it.set_state(state)` checkpoint it (grain/Orbax protocol).
+  `it.get_state()` / `it.set_state(state)` checkpoint it (grain/Orbax protocol). config_data.task_sets > 0
+  (demo only) needs `set_size` (config.model.hyper.set_size) and adds 'positive_id' i32 [b].
   """
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
@@ -209,21 +218,35 @@ def make_train_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_siz
     mp_options = grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=config_data.get("worker_buffer_size", 2))
   name = config_data.get("name", "demo")
+  task_sets = config_data.get("task_sets", 0.0)
+  if task_sets:
+    _check_task_sets(name, task_sets, set_size, global_batch_size)
   if name in sources.STREAMING:
     return _make_stream_iterator(config_data, tokenizer, global_batch_size, seed, process_index, process_count,
                                  read_options, mp_options)
   source = sources.get_source(config_data, seed)
+  if task_sets:
+    source = demo_task_sets.TaskSetSource(source, set_size, task_sets)
   shuffle = config_data.get("shuffle", True)
   if getattr(source, "raw_examples", False):
     preprocess = streaming.Preprocess(train_pp(config_data), tokenizer, max_len, config_data.get("image_size", 64))
     read = _ReadRawExample(source, preprocess, shuffle, seed)
   else:
-    read = _ReadExample(source, tokenizer, max_len, shuffle, seed)
+    read = _ReadExample(source, tokenizer, max_len, shuffle, seed, global_batch_size)
   batches = (grain.MapDataset.range(_STREAM_LEN)
              .map(_HostPosition(global_batch_size, local_batch, process_index))
              .map(read)
              .batch(local_batch, drop_remainder=True))
   return TrainIterator(batches, global_batch_size, read_options, mp_options)
+
+
+def _check_task_sets(name: str, task_sets: float, set_size: int | None, global_batch: int) -> None:
+  if name != "demo":
+    raise ValueError(f"config.data.task_sets={task_sets} is implemented for the demo source only, not "
+                     f"name={name!r}; see docs/data.md (task-shaped sets) for how it maps to real data")
+  if not set_size or global_batch % set_size:
+    raise ValueError(f"config.data.task_sets needs the global batch {global_batch} to be whole groups of "
+                     f"set_size={set_size!r} (pass make_train_iterator(set_size=config.model.hyper.set_size))")
 
 
 def _make_stream_iterator(config_data: Any, tokenizer: Tokenizer, global_batch_size: int, seed: int,
