@@ -16,7 +16,9 @@ Keys per type (all optional; `type` is needed where the name is not a type):
                 set_size captions of the training source at seed 0, one fixed set for every task;
                 'train_sets_mean' = the norm params averaged over the first condition_sets such sets;
                 'wrong_task' = the next task's class prompts, a control),
-                condition_sets (default 64), workers (grain processes decoding tfds/manifest images; 0: inline)
+                condition_sets (default 64), workers (grain processes decoding tfds/manifest images; 0: inline),
+                recalibrate_bn (N > 0: each task's BatchNorm running stats re-estimated under its norm params
+                over N held-out demo training images, results under '<task>_bn<N>'; 0: off; recalibrate.py)
   retrieval     data (default: the demo pairs), pp, num_pairs, batch_size
   linear_probe  data (the test split), train_data (keys that differ from data, e.g. dict(split='train')),
                 classes, templates, pp, n_train, n_eval, batch_size, workers
