@@ -62,6 +62,22 @@ def settings_of(name: str, raw: Any) -> tuple[str, dict[str, Any]]:
   return kind, settings.read(name, kind, raw, TYPES[kind].SETTINGS)
 
 
+def fill_defaults(config: ml_collections.ConfigDict) -> None:
+  """Writes each config.evals entry's unset settings (those with a non-None default) into it, so that a
+  command-line override --config.evals.<name>.<key>=VALUE reaches a key the config left at its default. An
+  entry that does not read is left alone (validate names its problem)."""
+  evals = config.get("evals", None) or {}
+  with config.unlocked():
+    for name in evals:
+      try:
+        _, s = settings_of(name, evals[name])
+      except ConfigError:
+        continue
+      for key, value in s.items():
+        if value is not None and key not in evals[name]:
+          evals[name][key] = value
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks config.evals without opening any data; raises a one-line ConfigError naming the key."""
   evals = config.get("evals", None) or {}
@@ -129,5 +145,5 @@ def build(config: ml_collections.ConfigDict, model: Any, tokenizer: Any, mesh: j
   return Evaluators(parts)
 
 
-__all__ = ["CONDITIONS", "Evaluators", "TYPES", "build", "condition_captions", "format_table", "settings_of",
-           "validate"]
+__all__ = ["CONDITIONS", "Evaluators", "TYPES", "build", "condition_captions", "fill_defaults", "format_table",
+           "settings_of", "validate"]

@@ -21,9 +21,10 @@ axis); the moments come back replicated, so every host sets exactly the same sta
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import traverse_util
@@ -39,7 +40,7 @@ def heldout_images(config: ml_collections.ConfigDict, n: int) -> np.ndarray:
   name = config.data.get("name", "demo")
   if name != "demo":
     raise ValueError(f"recalibrate_bn needs held-out training images, which only the demo source provides so far; "
-                     f"config.data.name={name!r}: set recalibrate_bn=0")
+                     f"config.data.name={name!r}: leave recalibrate_bn off (0)")
   source = copy.copy(sources.get_source(config.data, config.get("seed", 0)))
   source.stream = HELDOUT_STREAM  # same distribution and seed as training, a stream training never reads
   return np.stack([np.asarray(source[i]["image"], np.uint8) for i in range(n)])
@@ -63,6 +64,20 @@ def running_stats(moments: Any, batches: int, like: Any) -> Any:
   return traverse_util.unflatten_dict(out)
 
 
+def reestimate(moments: Callable[..., Any], params: Any, batch_stats: Any, generated: Any, images: np.ndarray,
+               batch: int, put: Callable[[np.ndarray], Any] = jnp.asarray) -> Any:
+  """batch_stats with every BatchNorm's running stats re-estimated over `images` (uint8 [N, H, W, 3], N a
+  multiple of `batch`) under `generated`; moments: (a jit of) TwoTowers.image_moments, put: places a batch."""
+  if not jax.tree.leaves(batch_stats["img"]):  # no BatchNorm: nothing to re-estimate
+    return batch_stats
+  total = None
+  for start in range(0, len(images), batch):
+    x = put(input_pipeline.to_model_image(images[start:start + batch]))
+    m = jax.tree.map(lambda a: np.asarray(a, np.float64), moments(params, batch_stats, x, generated))
+    total = m if total is None else jax.tree.map(np.add, total, m)
+  return {**batch_stats, "img": running_stats(total, len(images) // batch, batch_stats["img"])}
+
+
 class Recalibrator:
   """(params, batch_stats, generated) -> batch_stats with every BatchNorm's running stats re-estimated over
   `images` (uint8 [N, H, W, 3]) in batches of `batch` (see the module docstring)."""
@@ -78,15 +93,11 @@ class Recalibrator:
     self._moments = jax.jit(model.image_moments, out_shardings=sharding.replicated(mesh))
 
   def __call__(self, params: Any, batch_stats: Any, generated: Any) -> Any:
-    if not jax.tree.leaves(batch_stats["img"]):  # no BatchNorm: nothing to re-estimate
-      return batch_stats
-    total = None
-    for start in range(0, len(self.images), self.batch):
-      x = input_pipeline.to_model_image(self.images[start:start + self.batch])
-      x = jax.make_array_from_callback(x.shape, self._sharding, lambda index, x=x: x[index])
-      m = jax.tree.map(lambda a: np.asarray(a, np.float64), self._moments(params, batch_stats, x, generated))
-      total = m if total is None else jax.tree.map(np.add, total, m)
-    return {**batch_stats, "img": running_stats(total, len(self.images) // self.batch, batch_stats["img"])}
+    return reestimate(self._moments, params, batch_stats, generated, self.images, self.batch, self._put)
+
+  def _put(self, x: np.ndarray) -> jax.Array:
+    """The global batch, sharded over the batch axis; every host holds all of it and passes its shards."""
+    return jax.make_array_from_callback(x.shape, self._sharding, lambda index: x[index])
 
 
 def build(config: ml_collections.ConfigDict, model: Any, mesh: jax.sharding.Mesh, n: int,

@@ -176,3 +176,16 @@ def test_non_demo_training_data_and_undividable_batches_are_refused_at_build():
   with pytest.raises(ValueError, match=r"config.evals.zeroshot: recalibrate_bn: batches of 4 held-out images do "
                                        r"not split over 8 devices"):
     _setup(_config(recalibrate_bn=4))
+
+
+def test_a_command_line_override_reaches_the_setting_the_config_left_at_its_default():
+  config = _config()
+  config.lock()
+  with pytest.raises(config_lib.ConfigError, match=r"config.evals.zeroshot.recalibrate_bn is unknown"):
+    config_lib.apply_override(config, "evals.zeroshot.recalibrate_bn", "32")
+  evaluators.fill_defaults(config)  # what hyperclip-eval does before its --config.* overrides
+  config_lib.apply_override(config, "evals.zeroshot.recalibrate_bn", "32")
+  kind, s = evaluators.settings_of("zeroshot", config.evals.zeroshot)
+  assert kind == "zeroshot" and s["recalibrate_bn"] == 32 and s["condition"] == "classes" and s["n_eval"] == 16
+  assert "data" in config.evals.zeroshot and config.evals.zeroshot.data.tasks == "colour,shape"
+  evaluators.validate(config)
