@@ -1,6 +1,7 @@
 """hyperclip-eval: runs the configured evaluators on a checkpoint of a finished (or running) training run.
 
   hyperclip-eval --workdir runs/demo [--step N] [--config configs/demo.py] [--config.evals.zeroshot.n_eval=1024]
+                 [--config.evals.zeroshot.recalibrate_bn=64]  (any setting of an evals entry, default or not)
                  [--retrieval-pairs 512] [--linear-probe-train 512]
 
 The model comes from the workdir's checkpoint; the evaluators from config.evals of --config (default: the
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="add a demo linear probe (train = test examples per task; 0: off)")
     args = parser.parse_args(rest)
     config = (config_lib.load_config(args.config) if args.config else model_dir.open_config(args.workdir))
+    evaluators.fill_defaults(config)  # --config.evals.zeroshot.recalibrate_bn=64 needs the key to exist
     for key, value in overrides:
       config_lib.apply_override(config, key, value)
     add_demo_evals(config, args.retrieval_pairs, args.linear_probe_train)

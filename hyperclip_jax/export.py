@@ -5,7 +5,8 @@
 
 The text tower and hypernet run once, here, over the class prompts (or, with --condition train_sets_mean, over
 sets of training captions whose generated norm params are averaged: hyperclip-eval's condition of that name);
-BatchNorm running statistics and the generated scale/bias are folded into the convolutions before them (ViTs
+BatchNorm running statistics (with --recalibrate-bn N, re-estimated under those norm params over N held-out
+training images, as hyperclip-eval's zero-shot recalibrate_bn) and the generated scale/bias are folded into the convolutions before them (ViTs
 keep their LayerNorms with the generated values baked in). DIR then holds:
   classifier.jaxexport  serialized jax.export artifact (StableHLO, weights embedded): uint8 images
                         [N, S, S, 3] -> logits [N, C], any N
@@ -134,13 +135,31 @@ def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray,
   return folded, logits
 
 
+RECALIBRATE_BATCH = 256  # held-out images per forward of --recalibrate-bn
+
+
+def _recalibrated(config: Any, model: Any, params: Any, batch_stats: Any, zcls: Any, zsets: Any, n: int) -> Any:
+  """batch_stats re-estimated under the norm params fold_classifier folds in, over n held-out training images."""
+  from hyperclip_jax.evaluators import recalibrate
+  try:
+    images = recalibrate.heldout_images(config, n)
+  except ValueError as e:
+    raise ExportError(f"--recalibrate-bn {n}: {e}") from None
+  generated = model.generate_mean(params, jnp.asarray(zcls)[None] if zsets is None else jnp.asarray(zsets))
+  return recalibrate.reestimate(jax.jit(model.image_moments), params, batch_stats, generated, images,
+                                min(n, RECALIBRATE_BATCH))
+
+
 def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[str], out_dir: str,
                       platforms: Sequence[str] = ("cpu",), condition: str = "classes",
-                      condition_sets: int = 64, formats: Sequence[str] = ("stablehlo",)) -> dict[str, Any]:
+                      condition_sets: int = 64, formats: Sequence[str] = ("stablehlo",),
+                      recalibrate_bn: int = 0) -> dict[str, Any]:
   """Writes the classifier of `run` (a workdir.Run) for `class_names` to out_dir; returns the manifest.
 
   condition: the hypernet reads the class prompts ('classes') or condition_sets sets of training captions,
-  its norm params averaged ('train_sets_mean', as hyperclip-eval's condition of that name). formats: the
+  its norm params averaged ('train_sets_mean', as hyperclip-eval's condition of that name). recalibrate_bn=N:
+  the BatchNorm running stats re-estimated under those norm params over N held-out training images before
+  folding (hyperclip-eval's zero-shot setting of that name; evaluators/recalibrate.py). formats: the
   StableHLO artifact is always written; 'onnx' adds classifier.onnx, checked against it (export_onnx). A model
   card (README.md, model_card) describes the result."""
   import orbax.checkpoint as ocp
@@ -156,6 +175,9 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
     raise ExportError(f"condition {condition!r} is unknown; known: {', '.join(CONDITIONS)}")
   if condition_sets < 1:
     raise ExportError(f"condition_sets={condition_sets} must be at least 1")
+  if recalibrate_bn < 0 or (recalibrate_bn > RECALIBRATE_BATCH and recalibrate_bn % RECALIBRATE_BATCH):
+    raise ExportError(f"recalibrate_bn={recalibrate_bn} must be 0 (off), at most {RECALIBRATE_BATCH}, or a "
+                      f"multiple of it")
   formats = parse_formats(",".join(formats))
   if "onnx" in formats:
     from hyperclip_jax import export_onnx
@@ -189,6 +211,8 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
       raise ExportError(f"condition {condition!r}: {e}") from None
     zset = class_embeddings(model, params, tokenizer, config.data.max_len, captions, ["{}"])
     zsets = zset.reshape(condition_sets, -1, zset.shape[-1])
+  if recalibrate_bn:
+    batch_stats = _recalibrated(config, model, params, batch_stats, zcls, zsets, recalibrate_bn)
   folded, logits = fold_classifier(model, params, batch_stats, zcls, zsets)
   s = model.image_size
   consts = jax.tree.map(jnp.asarray, folded)
@@ -219,6 +243,7 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
       "score": "softmax" if config.loss.name == "softmax" else "sigmoid",
       "num_classes": len(class_names), "num_templates": len(templates), "templates": list(templates),
       "condition": condition if condition == "classes" else {condition: condition_sets},
+      "recalibrate_bn": int(recalibrate_bn),
       "source": {"workdir": storage.resolve(run.workdir), "step": int(run.step), "config_hash": run.config_hash},
       "platforms": list(platforms), "jax_version": jax.__version__, "artifact": ARTIFACT,
       "formats": {"stablehlo": {"file": ARTIFACT, "platforms": list(platforms)}},
@@ -279,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="what the hypernet reads: the class prompts, or --condition-sets sets of training "
                            "captions with their norm params averaged")
   parser.add_argument("--condition-sets", type=int, default=64, help="sets for --condition train_sets_mean")
+  parser.add_argument("--recalibrate-bn", type=int, default=0,
+                      help="re-estimate the BatchNorm running stats under the folded norm params over N held-out "
+                           "demo training images first (0: the trained stats)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   from hyperclip_jax import model_dir
   from hyperclip_jax import workdir as workdir_lib
@@ -297,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     here = jax.export.default_export_platform()
     platforms = args.platforms.split(",") if args.platforms else list(dict.fromkeys([here, "cpu"]))
     manifest = export_classifier(run, names, templates, args.out, platforms=platforms, condition=args.condition,
-                                 condition_sets=args.condition_sets, formats=formats)
+                                 condition_sets=args.condition_sets, formats=formats,
+                                 recalibrate_bn=args.recalibrate_bn)
   except (ExportError, model_dir.ModelDirError, classnames.ClassListError, workdir_lib.RunError) as e:
     print(f"hyperclip-export: error: {e}", file=sys.stderr)
     return 2

@@ -16,7 +16,9 @@ Keys per type (all optional; `type` is needed where the name is not a type):
                 set_size captions of the training source at seed 0, one fixed set for every task;
                 'train_sets_mean' = the norm params averaged over the first condition_sets such sets;
                 'wrong_task' = the next task's class prompts, a control),
-                condition_sets (default 64), workers (grain processes decoding tfds/manifest images; 0: inline)
+                condition_sets (default 64), workers (grain processes decoding tfds/manifest images; 0: inline),
+                recalibrate_bn (N > 0: each task's BatchNorm running stats re-estimated under its norm params
+                over N held-out demo training images, results under '<task>_bn<N>'; 0: off; recalibrate.py)
   retrieval     data (default: the demo pairs), pp, num_pairs, batch_size
   linear_probe  data (the test split), train_data (keys that differ from data, e.g. dict(split='train')),
                 classes, templates, pp, n_train, n_eval, batch_size, workers
@@ -58,6 +60,22 @@ def settings_of(name: str, raw: Any) -> tuple[str, dict[str, Any]]:
       raise ConfigError(f"config.evals.{name} has no type; set config.evals.{name}.type to one of: {', '.join(TYPES)}")
     raise ConfigError(f"config.evals.{name}.type={kind!r} is unknown; known: {', '.join(TYPES)}")
   return kind, settings.read(name, kind, raw, TYPES[kind].SETTINGS)
+
+
+def fill_defaults(config: ml_collections.ConfigDict) -> None:
+  """Writes each config.evals entry's unset settings (those with a non-None default) into it, so that a
+  command-line override --config.evals.<name>.<key>=VALUE reaches a key the config left at its default. An
+  entry that does not read is left alone (validate names its problem)."""
+  evals = config.get("evals", None) or {}
+  with config.unlocked():
+    for name in evals:
+      try:
+        _, s = settings_of(name, evals[name])
+      except ConfigError:
+        continue
+      for key, value in s.items():
+        if value is not None and key not in evals[name]:
+          evals[name][key] = value
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -127,5 +145,5 @@ def build(config: ml_collections.ConfigDict, model: Any, tokenizer: Any, mesh: j
   return Evaluators(parts)
 
 
-__all__ = ["CONDITIONS", "Evaluators", "TYPES", "build", "condition_captions", "format_table", "settings_of",
-           "validate"]
+__all__ = ["CONDITIONS", "Evaluators", "TYPES", "build", "condition_captions", "fill_defaults", "format_table",
+           "settings_of", "validate"]

@@ -6,10 +6,13 @@ class names x templates -> text tower -> per-class mean embedding (renormalised)
 The image tower runs in eval mode (BatchNorm running averages), with the whole eval set as one group.
 `condition_texts` replaces the class set as the hypernet's input by fixed texts (e.g. ordinary training
 captions), read as `condition_sets` sets of equal size whose generated norm params are averaged: the same norm
-params for every task, an ablation of how the set is chosen at test time.
+params for every task, an ablation of how the set is chosen at test time. `recalibrate` (recalibrate_bn=N > 0)
+re-estimates the BatchNorm running stats of each task under its generated norm params over N held-out training
+images before its test images are embedded (recalibrate.py); its results go under '<task>_bn<N>'.
 
 config.evals entries of type 'zeroshot' (SETTINGS): tasks (comma list of: demo, demo:NAME, imagenet, cifar100,
-cifar10) or data; classes, templates, pp, n_eval, batch_size, condition (CONDITIONS), condition_sets, workers.
+cifar10) or data; classes, templates, pp, n_eval, batch_size, condition (CONDITIONS), condition_sets, workers,
+recalibrate_bn.
 """
 from __future__ import annotations
 
@@ -26,13 +29,13 @@ from hyperclip_jax import sharding
 from hyperclip_jax.config import ConfigError
 from hyperclip_jax.data import input_pipeline
 from hyperclip_jax.data.sources import demo
-from hyperclip_jax.evaluators import conditioning, eval_data, settings, tasks
+from hyperclip_jax.evaluators import conditioning, eval_data, recalibrate, settings, tasks
 from hyperclip_jax.models import two_towers
 
 SETTINGS: settings.Settings = {
     "tasks": (str, ""), "data": (dict, None), "classes": (str, ""), "templates": (str, ""), "pp": (str, ""),
     "n_eval": (int, 0), "batch_size": (int, 256), "condition": (str, "classes"), "condition_sets": (int, 64),
-    "workers": (int, 0)}
+    "workers": (int, 0), "recalibrate_bn": (int, 0)}
 # `condition`: what the hypernet reads. wrong_task: the class set of the next task of this evaluator (a control:
 # a model that conditions usefully should lose accuracy under it; one that ignores its set should not)
 CONDITIONS = ("classes", "train_captions", "train_sets_mean", "wrong_task")
@@ -55,7 +58,8 @@ class ZeroShotEvaluator:
 
   def __init__(self, model: two_towers.TwoTowers, tokenizer: Any, tasks: Iterable[ClassificationTask],
                max_len: int, mesh: jax.sharding.Mesh, condition_texts: Sequence[str] | None = None,
-               condition_sets: int = 1, wrong_task: bool = False):
+               condition_sets: int = 1, wrong_task: bool = False,
+               recalibrator: recalibrate.Recalibrator | None = None):
     self.model, self.tokenizer, self.tasks, self.max_len, self.mesh = model, tokenizer, list(tasks), max_len, mesh
     self.condition_texts = list(condition_texts) if condition_texts else None  # None: each task's class set
     if self.condition_texts is not None and (condition_sets < 1 or len(self.condition_texts) % condition_sets):
@@ -65,6 +69,7 @@ class ZeroShotEvaluator:
       raise ValueError("condition='wrong_task' needs at least two tasks (each is conditioned on the next one's "
                        "classes) and no fixed conditioning texts")
     self.wrong_task = wrong_task
+    self.recalibrator = recalibrator  # None: the running stats as trained
     self._encode_text = jax.jit(model.encode_text)
     self._generate = jax.jit(model.generate_mean)
     # The image tower is compiled once per batch shape, whatever the task's class count: the logits against
@@ -101,6 +106,8 @@ class ZeroShotEvaluator:
     else:  # the fixed texts, each embedded as it is, as condition_sets sets; their norm params averaged
       zset = self.class_embeddings(params, self.condition_texts, ["{}"])  # [N, D]
       generated = self._generate(params, zset.reshape(self.condition_sets, -1, zset.shape[-1]))  # [1, C] leaves
+    if self.recalibrator is not None:  # this task's running stats under its Θ'; the caller's are not touched
+      batch_stats = self.recalibrator(params, batch_stats, generated)
     zcls_t = np.asarray(zcls, np.float32).T  # [D, C]
     k = min(5, len(task.class_names))
     hits1 = hitsk = n = 0
@@ -113,6 +120,10 @@ class ZeroShotEvaluator:
     # top5 is top-min(5, C): 1.0 by definition for tasks of fewer than 5 classes.
     return {"top1": hits1 / n, "top5": hitsk / n,
             "chance": 1.0 / len(task.class_names), "num_classes": len(task.class_names), "num_images": n}
+
+  def result_name(self, task: str) -> str:
+    """The results key of a task: its name, or '<name>_bn<N>' under recalibrate_bn=N."""
+    return f"{task}_bn{len(self.recalibrator.images)}" if self.recalibrator is not None else task
 
   def _embedded_batches(self, params: Any, batch_stats: Any, task: ClassificationTask, generated: Any):
     """(image embeddings f32 [b, D], labels [b]) of every eval image, on every host; one process reads all
@@ -144,7 +155,7 @@ class ZeroShotEvaluator:
       print(f"zero-shot: host {jax.process_index()} of {jax.process_count()} decodes 1/{jax.process_count()} of "
             f"each eval set", file=sys.stderr, flush=True)
     n = len(self.tasks)
-    return {t.name: self.run_task(params, batch_stats, t, self.tasks[(i + 1) % n] if self.wrong_task else None)
+    return {self.result_name(t.name): self.run_task(params, batch_stats, t, self.tasks[(i + 1) % n] if self.wrong_task else None)
             for i, t in enumerate(self.tasks)}
 
 
@@ -184,6 +195,9 @@ def check_settings(where: str, s: dict[str, Any]) -> None:
       raise ConfigError(f"{where}.tasks={s['tasks']!r} is unknown; known: {', '.join(known)}, demo:NAME (comma "
                         "separated)")
   settings.check_data(where, s)
+  n, b = s["recalibrate_bn"], s["batch_size"]
+  if n < 0 or (n > b and n % b):
+    raise ConfigError(f"{where}.recalibrate_bn={n} must be 0 (off), at most batch_size={b}, or a multiple of it")
   if settings.uses_demo(s) and s["n_eval"] < 1:
     raise ConfigError(f"{where}.n_eval={s['n_eval']} must be at least 1 on the procedural demo data")
 
@@ -244,5 +258,14 @@ def build(config: ml_collections.ConfigDict, model: Any, tokenizer: Any, mesh: j
   """(the evaluator of config.evals.<name>, its task names)."""
   evaluator = ZeroShotEvaluator(model, tokenizer, tasks_for(config, name, s), config.data.max_len, mesh,
                                 _condition_texts(config, name, s), _condition_sets(s),
-                                wrong_task=s["condition"] == "wrong_task")
-  return evaluator, [t.name for t in evaluator.tasks]
+                                wrong_task=s["condition"] == "wrong_task",
+                                recalibrator=_recalibrator(config, model, mesh, name, s))
+  return evaluator, [evaluator.result_name(t.name) for t in evaluator.tasks]
+
+
+def _recalibrator(config: ml_collections.ConfigDict, model: Any, mesh: jax.sharding.Mesh, name: str,
+                  s: dict[str, Any]) -> recalibrate.Recalibrator | None:
+  try:
+    return recalibrate.build(config, model, mesh, s["recalibrate_bn"], s["batch_size"])
+  except ValueError as e:
+    raise ValueError(f"config.evals.{name}: {e}") from None

@@ -22,6 +22,9 @@ Dtype = Any
 NORM_MODES = ("residual", "replace")
 BN_STATS = ("group", "global")  # training statistics of BatchNorm: per group of set_size images, or the batch
 GENERATED = "generated"  # the variable collection holding hypernet-generated norm params
+# Made mutable (train=False), BatchNorms normalise with the batch's statistics, as in training, and write their
+# input's per-channel mean and mean square over the batch here (running-stats re-estimation, evaluators/recalibrate.py)
+RECALIBRATE = "recalibrate"
 
 
 def group_images(images: Array, min_size: int, name: str) -> tuple[Array, bool]:
@@ -65,7 +68,8 @@ class ConditionedNorm(nn.Module):
     replace:  scale = 1 + Δscale,     bias = Δbias       (own γ, β unused)
   BatchNorm in training normalises with statistics per group (axes S, H, W) for every variant, or over the
   whole batch with stats="global" (an ablation; the affine stays per group), and keeps the running averages
-  (over groups) in `batch_stats`; in eval it uses the running averages.
+  (over groups) in `batch_stats`; in eval it uses the running averages. With the RECALIBRATE collection mutable
+  (and train=False) it normalises with batch statistics and records its input's moments there instead.
   At init the layer also creates zero `generated` leaves of shape [C]: the template the hypernet fills.
   """
   kind: str = "batch"  # "batch" | "layer"
@@ -110,11 +114,16 @@ class ConditionedNorm(nn.Module):
 
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
-    if train:
+    recalibrate = not self.is_initializing() and self.is_mutable_collection(RECALIBRATE)
+    if train or recalibrate:
       axes = tuple(range(0 if self.stats == "global" else 1, x.ndim - 1))  # group: S, H, W; global: G too
       mean = xf.mean(axes, keepdims=True)  # [G or 1, 1, .., 1, C]
       var = jnp.maximum(jnp.square(xf).mean(axes, keepdims=True) - jnp.square(mean), 0.0)
-      if not self.is_initializing():
+      if recalibrate:  # over every image of the batch, whatever the grouping
+        every = tuple(range(x.ndim - 1))
+        self.put_variable(RECALIBRATE, "mean", xf.mean(every))
+        self.put_variable(RECALIBRATE, "sq", jnp.square(xf).mean(every))
+      if train and not self.is_initializing():
         m = self.momentum
         ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(-1, c).mean(0)
         ra_var.value = m * ra_var.value + (1 - m) * var.reshape(-1, c).mean(0)
@@ -160,5 +169,5 @@ def count_generated(template: Any) -> int:
 
 
 __all__: Sequence[str] = (
-    "BN_STATS", "ConditionedNorm", "DropPath", "GENERATED", "NORM_MODES", "count_generated", "global_avg_pool",
+    "BN_STATS", "ConditionedNorm", "DropPath", "GENERATED", "NORM_MODES", "RECALIBRATE", "count_generated", "global_avg_pool",
     "group_images", "make_divisible", "ungroup")

@@ -133,12 +133,7 @@ class TwoTowers:
     In training, BatchNorm statistics are per group; `generated` leaves ([G, C] or [1, C]) give each group its
     own norm affine. Returns zimg with the images' leading shape ([B, D] or [G, S, D]).
     """
-    variables = {"params": params["img"], "batch_stats": batch_stats["img"]}
-    apply = self.image.apply
-    if generated is not None and self.lowrank is not None:
-      apply = functools.partial(lowrank_lib.apply, self.image, fac=generated, target=self.lowrank)
-    elif generated is not None:
-      variables[layers.GENERATED] = generated
+    apply, variables = self._image_apply(params, batch_stats, generated)
     rngs = {"dropout": rng} if rng is not None else {}
     if train:
       z, updates = apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])
@@ -146,6 +141,25 @@ class TwoTowers:
     else:
       z = apply(variables, images, train=False)
     return l2_normalize(z), batch_stats
+
+  def _image_apply(self, params: Params, batch_stats: Any, generated: Any | None) -> tuple[Any, dict[str, Any]]:
+    """(the image tower's apply under `generated`, its variables)."""
+    variables = {"params": params["img"], "batch_stats": batch_stats["img"]}
+    apply = self.image.apply
+    if generated is not None and self.lowrank is not None:
+      apply = functools.partial(lowrank_lib.apply, self.image, fac=generated, target=self.lowrank)
+    elif generated is not None:
+      variables[layers.GENERATED] = generated
+    return apply, variables
+
+  def image_moments(self, params: Params, batch_stats: Any, images: Array, generated: Any | None = None) -> Any:
+    """images [B, H, W, 3] as one group, every BatchNorm normalising with this batch's statistics (as in
+    training; no dropout) -> per BatchNorm {'mean', 'sq'} [C]: its input's mean and mean square over the batch,
+    in batch_stats['img']'s tree ({} without BatchNorms). evaluators/recalibrate.py re-estimates running
+    stats from them."""
+    apply, variables = self._image_apply(params, batch_stats, generated)
+    _, moments = apply(variables, images[None], train=False, mutable=[layers.RECALIBRATE])
+    return moments.get(layers.RECALIBRATE, {})
 
   def static_image_variables(self, params: Params, batch_stats: Any, generated: Any | None) -> dict[str, Any]:
     """The image tower's eval variables for one generated set (leaves [1, ...]), as models/fold.py folds them:

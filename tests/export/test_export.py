@@ -14,7 +14,7 @@ from export_runs import ROOT, make_run
 from hyperclip_jax import evaluators, export
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.data import tokenizers
-from hyperclip_jax.evaluators import classnames
+from hyperclip_jax.evaluators import classnames, recalibrate
 from hyperclip_jax.models import two_towers
 
 
@@ -120,6 +120,32 @@ def test_export_conditioned_on_the_mean_of_training_caption_sets(trained_run, ex
   assert np.abs(by_classes - got).max() > 1e-3  # the conditioning set matters
   assert export.main(["--workdir", trained_run, "--classes", "demo:colour", "--out", str(tmp_path / "bad"),
                       "--condition", "train_sets_mean", "--condition-sets", "0"]) == 2
+
+
+def test_export_with_batchnorm_stats_recalibrated_under_the_folded_norm_params(trained_run, exported, tmp_path):
+  """--recalibrate-bn N: the folded classifier computes the unfolded model with the running stats re-estimated
+  over N held-out training images under the class set's norm params (hyperclip-eval's recalibrate_bn)."""
+  out = tmp_path / "clf"
+  assert export.main(["--workdir", trained_run, "--classes", "demo:colour", "--out", str(out), "--platforms", "cpu",
+                      "--recalibrate-bn", "16"]) == 0
+  clf = export.load_classifier(str(out))
+  assert clf.manifest["recalibrate_bn"] == 16
+  run = workdir_lib.load_run(trained_run)
+  model = two_towers.build_model(run.config)
+  params, batch_stats = jax.device_get(run.params), jax.device_get(run.batch_stats)
+  tok = tokenizers.get_tokenizer(run.config.data.tokenizer)
+  zcls = export.class_embeddings(model, params, tok, run.config.data.max_len, clf.classes, clf.manifest["templates"])
+  generated = model.generate_mean(params, jnp.asarray(zcls)[None])
+  stats = recalibrate.reestimate(model.image_moments, params, batch_stats, generated,
+                                 recalibrate.heldout_images(run.config, 16), 16)
+  images = _images(6)
+  x = jnp.asarray(images, jnp.float32) * (2 / 255) - 1
+  ref = np.asarray(export.unfolded_logits(model, params, stats, zcls, x))
+  got = clf(images)
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+  assert np.abs(export.load_classifier(str(exported))(images) - got).max() > 1e-3  # the trained stats differ
+  assert export.main(["--workdir", trained_run, "--classes", "demo:colour", "--out", str(tmp_path / "bad"),
+                      "--recalibrate-bn", "-1"]) == 2
 
 
 def test_export_directory_holds_folded_params_classes_and_manifest(tmp_path):
