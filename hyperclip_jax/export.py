@@ -136,13 +136,15 @@ def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray,
 
 def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[str], out_dir: str,
                       platforms: Sequence[str] = ("cpu",), condition: str = "classes",
-                      condition_sets: int = 64, formats: Sequence[str] = ("stablehlo",)) -> dict[str, Any]:
+                      condition_sets: int = 64, formats: Sequence[str] = ("stablehlo",),
+                      tflite_python: str | None = None) -> dict[str, Any]:
   """Writes the classifier of `run` (a workdir.Run) for `class_names` to out_dir; returns the manifest.
 
   condition: the hypernet reads the class prompts ('classes') or condition_sets sets of training captions,
   its norm params averaged ('train_sets_mean', as hyperclip-eval's condition of that name). formats: the
-  StableHLO artifact is always written; 'onnx' adds classifier.onnx, checked against it (export_onnx). A model
-  card (README.md, model_card) describes the result."""
+  StableHLO artifact is always written; 'onnx' adds classifier.onnx, 'tflite' classifier.tflite (converted here
+  or in tflite_python, a python with TensorFlow: export_tflite), each checked against it. A model card
+  (README.md, model_card) describes the result."""
   import orbax.checkpoint as ocp
 
   from hyperclip_jax.data import tokenizers
@@ -162,6 +164,12 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
     try:
       export_onnx.require()
     except export_onnx.ConversionError as e:
+      raise ExportError(str(e)) from None
+  if "tflite" in formats:
+    from hyperclip_jax import export_tflite
+    try:
+      tflite_python = export_tflite.resolve_python(tflite_python)
+    except export_tflite.ConversionError as e:
       raise ExportError(str(e)) from None
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown:
@@ -223,15 +231,24 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
       "platforms": list(platforms), "jax_version": jax.__version__, "artifact": ARTIFACT,
       "formats": {"stablehlo": {"file": ARTIFACT, "platforms": list(platforms)}},
   }
-  if "onnx" in formats:  # traced with library convolutions (what ONNX runtimes optimise), checked against the jax one
+  if "onnx" in formats or "tflite" in formats:  # traced with library convolutions (what ONNX / TFLite optimise)
     with config.unlocked():
       config.model.conv_impl = "native"
     native, native_logits = fold_classifier(two_towers.build_model(config), params, batch_stats, zcls, zsets)
+  if "onnx" in formats:  # checked against the jax artifact
     try:
       manifest["formats"]["onnx"] = export_onnx.write(
           out_dir, lambda images: native_logits(native, images), s, jax.jit(exported.call))
     except export_onnx.ConversionError as e:
       raise ExportError(f"--format onnx: {e}") from None
+  if "tflite" in formats:
+    native_consts = jax.tree.map(jnp.asarray, native)
+    cpu = jax.export.export(jax.jit(lambda images: native_logits(native_consts, images)), platforms=("cpu",))(spec)
+    try:
+      manifest["formats"]["tflite"] = export_tflite.write(out_dir, cpu.serialize(), s, jax.jit(exported.call),
+                                                          tflite_python)
+    except export_tflite.ConversionError as e:
+      raise ExportError(f"--format tflite: {e}") from None
   with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2, ensure_ascii=False)
   from hyperclip_jax import model_card, model_dir
@@ -244,8 +261,8 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
-FORMATS = ("stablehlo", "onnx")
-NOT_YET = {"tflite": "it needs TensorFlow's jax2tf", "timm": "it needs PyTorch"}  # planned formats
+FORMATS = ("stablehlo", "onnx", "tflite")
+NOT_YET = {"timm": "it needs PyTorch"}  # planned formats
 
 
 def parse_formats(text: str) -> list[str]:
@@ -275,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="comma-separated: cpu, cuda, rocm, tpu (default: this machine's backend, and cpu)")
   parser.add_argument("--format", default="stablehlo",
                       help=f"comma-separated: {', '.join(FORMATS)} (the StableHLO artifact is always written)")
+  parser.add_argument("--tflite-python", default=None,
+                      help="--format tflite: a python with TensorFlow and ai-edge-litert that converts (`make tflite` "
+                           "makes .venv-tflite/bin/python; default: $HYPERCLIP_TFLITE_PYTHON, else this python)")
   parser.add_argument("--condition", default="classes", choices=CONDITIONS,
                       help="what the hypernet reads: the class prompts, or --condition-sets sets of training "
                            "captions with their norm params averaged")
@@ -297,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     here = jax.export.default_export_platform()
     platforms = args.platforms.split(",") if args.platforms else list(dict.fromkeys([here, "cpu"]))
     manifest = export_classifier(run, names, templates, args.out, platforms=platforms, condition=args.condition,
-                                 condition_sets=args.condition_sets, formats=formats)
+                                 condition_sets=args.condition_sets, formats=formats,
+                                 tflite_python=args.tflite_python)
   except (ExportError, model_dir.ModelDirError, classnames.ClassListError, workdir_lib.RunError) as e:
     print(f"hyperclip-export: error: {e}", file=sys.stderr)
     return 2

@@ -63,6 +63,10 @@ def render(manifest: dict[str, Any], class_names: Sequence[str], metrics: dict[s
     check = f.get("check")
     if name == "stablehlo":
       what = f"the reference (jax.export of the folded model); platforms {', '.join(f['platforms'])}"
+    elif check and name == "tflite":
+      what = (f"LiteRT (ai-edge-litert {check['ai_edge_litert']}, converted by TensorFlow {check['tensorflow']}) "
+              f"vs the jax artifact on {check['images']} images: max abs diff {check['max_abs_diff']:.3g} "
+              f"(tolerance {check['tolerance']:.3g}), top-1 agreement {check['top1_agreement']:.3f}")
     elif check:
       what = (f"onnxruntime {check['onnxruntime']} vs the jax artifact on {check['images']} images: max abs diff "
               f"{check['max_abs_diff']:.3g} (tolerance {check['tolerance']:.3g}), top-1 agreement "
@@ -70,7 +74,7 @@ def render(manifest: dict[str, Any], class_names: Sequence[str], metrics: dict[s
     else:
       what = "unchecked"
     lines.append(f"| {f['file']} | {name} | {what} |")
-  lines += ["", "tflite and timm (PyTorch) exports are not yet available.", "",
+  lines += ["", "A timm (PyTorch) export is not yet available.", "",
             "## Licence and patent", "", "Exported with hyperclip_jax, Apache-2.0. The weights come from the "
             "source run above; its training data's terms apply to them.", "", PATENT, ""]
   return "\n".join(lines)
