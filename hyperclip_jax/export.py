@@ -137,13 +137,14 @@ def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray,
 def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[str], out_dir: str,
                       platforms: Sequence[str] = ("cpu",), condition: str = "classes",
                       condition_sets: int = 64, formats: Sequence[str] = ("stablehlo",),
-                      tflite_python: str | None = None) -> dict[str, Any]:
+                      tflite_python: str | None = None, tflite_int8: int = 0) -> dict[str, Any]:
   """Writes the classifier of `run` (a workdir.Run) for `class_names` to out_dir; returns the manifest.
 
   condition: the hypernet reads the class prompts ('classes') or condition_sets sets of training captions,
   its norm params averaged ('train_sets_mean', as hyperclip-eval's condition of that name). formats: the
   StableHLO artifact is always written; 'onnx' adds classifier.onnx, 'tflite' classifier.tflite (converted here
-  or in tflite_python, a python with TensorFlow: export_tflite), each checked against it. A model card
+  or in tflite_python, a python with TensorFlow: export_tflite), each checked against it; tflite_int8=N adds
+  an int8 file calibrated on N of the run's eval images for these classes, scored on the rest. A model card
   (README.md, model_card) describes the result."""
   import orbax.checkpoint as ocp
 
@@ -165,6 +166,10 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
       export_onnx.require()
     except export_onnx.ConversionError as e:
       raise ExportError(str(e)) from None
+  if tflite_int8 and "tflite" not in formats:
+    raise ExportError("--tflite-int8 quantises the tflite file: add tflite to --format")
+  if tflite_int8 < 0:
+    raise ExportError(f"--tflite-int8 {tflite_int8} must be a count of representative images (0: no int8 file)")
   if "tflite" in formats:
     from hyperclip_jax import export_tflite
     try:
@@ -184,6 +189,18 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
   if "value_range" in pp and "value_range(-1, 1)" not in pp.replace("-1,1", "-1, 1"):
     raise ExportError(f"config.data.pp={pp!r} scales pixels other than value_range(-1, 1), which the exported "
                       "classifier assumes; export a run trained with value_range(-1, 1)")
+  quant = None
+  if tflite_int8:  # the run's own eval images: the first N calibrate, the others score
+    from hyperclip_jax.evaluators import task_images
+    try:
+      task, images, labels = task_images.eval_images(config, class_names)
+    except ValueError as e:
+      raise ExportError(f"--tflite-int8: {e}") from None
+    if len(images) <= tflite_int8:
+      raise ExportError(f"--tflite-int8 {tflite_int8}: the eval task {task!r} has only {len(images)} images; "
+                        "use fewer representative images so that some are left to score")
+    quant = {"task": task, "representative": images[:tflite_int8], "images": images[tflite_int8:],
+             "labels": labels[tflite_int8:]}
   model = two_towers.build_model(config)
   tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   params, batch_stats = jax.device_get(run.params), jax.device_get(run.batch_stats)
@@ -246,7 +263,7 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
     cpu = jax.export.export(jax.jit(lambda images: native_logits(native_consts, images)), platforms=("cpu",))(spec)
     try:
       manifest["formats"]["tflite"] = export_tflite.write(out_dir, cpu.serialize(), s, jax.jit(exported.call),
-                                                          tflite_python)
+                                                          tflite_python, quant)
     except export_tflite.ConversionError as e:
       raise ExportError(f"--format tflite: {e}") from None
   with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
@@ -295,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--tflite-python", default=None,
                       help="--format tflite: a python with TensorFlow and ai-edge-litert that converts (`make tflite` "
                            "makes .venv-tflite/bin/python; default: $HYPERCLIP_TFLITE_PYTHON, else this python)")
+  parser.add_argument("--tflite-int8", type=int, default=0, metavar="N",
+                      help="with --format tflite: also classifier_int8.tflite, calibrated on N of the run's eval "
+                           "images for these classes, its top-1 change on the others in the manifest")
   parser.add_argument("--condition", default="classes", choices=CONDITIONS,
                       help="what the hypernet reads: the class prompts, or --condition-sets sets of training "
                            "captions with their norm params averaged")
@@ -318,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     platforms = args.platforms.split(",") if args.platforms else list(dict.fromkeys([here, "cpu"]))
     manifest = export_classifier(run, names, templates, args.out, platforms=platforms, condition=args.condition,
                                  condition_sets=args.condition_sets, formats=formats,
-                                 tflite_python=args.tflite_python)
+                                 tflite_python=args.tflite_python, tflite_int8=args.tflite_int8)
   except (ExportError, model_dir.ModelDirError, classnames.ClassListError, workdir_lib.RunError) as e:
     print(f"hyperclip-export: error: {e}", file=sys.stderr)
     return 2

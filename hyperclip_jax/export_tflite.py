@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 FILE = "classifier.tflite"
+INT8_FILE = "classifier_int8.tflite"
 ENV = "HYPERCLIP_TFLITE_PYTHON"
 PINS = "tensorflow-cpu==2.21.0 ai-edge-litert==2.3.0"  # as the Makefile's TFLITE_PINS (with our jax, numpy)
 NEEDS = ("tensorflow", "ai_edge_litert", "jax")
@@ -85,8 +86,10 @@ def _subprocess(python: str, *args: str, timeout: float = 1800) -> str:
 
 
 # ---- the TensorFlow side --------------------------------------------------------------------------------------
-def convert(artifact: bytes, input_size: int) -> bytes:
-  """A jax.export artifact (uint8 [n, S, S, 3] -> logits) -> the bytes of a float32 .tflite file."""
+def convert(artifact: bytes, input_size: int, representative: np.ndarray | None = None) -> bytes:
+  """A jax.export artifact (uint8 [n, S, S, 3] -> logits) -> the bytes of a float32 .tflite file, or, given
+  representative images uint8 [R, S, S, 3], of an int8 one (post-training quantisation of weights and
+  activations, calibrated on them one by one; ops without an int8 kernel stay float)."""
   import jax
   import tensorflow as tf
   from jax.experimental import jax2tf
@@ -99,6 +102,9 @@ def convert(artifact: bytes, input_size: int) -> bytes:
                               input_signature=[tf.TensorSpec([None, s, s, 3], tf.uint8, name="images")])
   converter = tf.lite.TFLiteConverter.from_concrete_functions([module.logits.get_concrete_function()], module)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops: LiteRT alone runs it
+  if representative is not None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([representative[i:i + 1]] for i in range(len(representative)))
   try:
     return converter.convert()
   except Exception as e:  # the converter's errors are long MLIR dumps: keep the first line
@@ -128,21 +134,34 @@ def _versions() -> dict[str, str]:
   return {"tensorflow": tf.__version__, "ai_edge_litert": getattr(ai_edge_litert, "__version__", "unknown")}
 
 
+def _batched(interpreter: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
+  return np.concatenate([run(interpreter, images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
 def convert_and_run(artifact_path: str, out_path: str, images_path: str, result_path: str) -> None:
-  """The subprocess's work: convert, write out_path, run LiteRT on the images (batch N, then the second image
-  alone), write the logits and versions to result_path (.npz)."""
+  """The subprocess's work: convert, write out_path, run LiteRT on the check images (batch N, then the second
+  image alone); with `representative` and `eval` images in images_path, also write INT8_FILE beside out_path
+  and run both files on the eval images. Logits and versions go to result_path (.npz)."""
   with open(images_path, "rb") as f:
-    images = np.load(f)["images"]
+    given = dict(np.load(f))
+  images = given["images"]
   with open(artifact_path, "rb") as f:
-    data = convert(f.read(), int(images.shape[1]))
+    artifact = f.read()
   with open(out_path, "wb") as f:
-    f.write(data)
+    f.write(convert(artifact, int(images.shape[1])))
   interpreter = _interpreter(out_path)
   interpreter.allocate_tensors()
-  batch = run(interpreter, images)
-  one = run(interpreter, images[1:2])
+  result = {"batch": run(interpreter, images), "one": run(interpreter, images[1:2])}
+  if "representative" in given:
+    int8_path = os.path.join(os.path.dirname(out_path), INT8_FILE)
+    with open(int8_path, "wb") as f:
+      f.write(convert(artifact, int(images.shape[1]), given["representative"]))
+    quantised = _interpreter(int8_path)
+    quantised.allocate_tensors()
+    result["eval_float32"] = _batched(interpreter, given["eval"])
+    result["eval_int8"] = _batched(quantised, given["eval"])
   with open(result_path, "wb") as f:
-    np.savez(f, batch=batch, one=one, versions=json.dumps(_versions()))
+    np.savez(f, versions=json.dumps(_versions()), **result)
 
 
 def run_file(path: str, images_path: str, result_path: str) -> None:
@@ -193,35 +212,59 @@ def compare(batch: np.ndarray, one: np.ndarray, want: np.ndarray, versions: dict
           "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def int8_report(result: dict[str, np.ndarray], want: np.ndarray, labels: np.ndarray, task: str,
+                representative: int) -> dict[str, Any]:
+  """The manifest's formats.tflite.int8 entry: top-1 of the jax artifact (`want`), the float32 and the int8 file
+  on the run's eval images of `task`, and the int8 logits' distance from the jax ones."""
+  top1 = lambda logits: float(np.mean(np.argmax(logits, -1) == labels))  # noqa: E731
+  jax_top1, int8_top1 = top1(want), top1(result["eval_int8"])
+  return {"file": INT8_FILE, "quantisation": "post-training int8 (weights and activations; float fallback)",
+          "representative_images": int(representative),
+          "eval": {"task": task, "images": int(len(labels)), "top1_jax": jax_top1,
+                   "top1_float32": top1(result["eval_float32"]), "top1_int8": int8_top1,
+                   "top1_change": int8_top1 - jax_top1,
+                   "max_abs_logit_diff": float(np.max(np.abs(result["eval_int8"] - want))),
+                   "top1_agreement_with_jax": float(np.mean(result["eval_int8"].argmax(-1) == want.argmax(-1)))}}
+
+
 def write(out_dir: str, artifact: bytes, input_size: int, reference: Callable[[Any], Any],
-          python: str | None) -> dict[str, Any]:
+          python: str | None, quant: dict[str, Any] | None = None) -> dict[str, Any]:
   """Writes out_dir/classifier.tflite from `artifact` (a jax.export of the classifier, cpu) in `python` (None:
   here) and checks it against `reference` (the jax artifact); returns the manifest's formats.tflite entry.
-  Raises ConversionError (the file is not kept) when it cannot convert or check."""
-  path = os.path.join(out_dir, FILE)
+  quant {"task", "representative", "images", "labels"}: also INT8_FILE, calibrated on the representative
+  images, its top-1 on the eval images reported (int8_report). Raises ConversionError (no file is kept) when it
+  cannot convert or check."""
+  path, int8_path = os.path.join(out_dir, FILE), os.path.join(out_dir, INT8_FILE)
   images = check_images(input_size)
   with tempfile.TemporaryDirectory(prefix="hyperclip_tflite_") as tmp:
     args = [os.path.join(tmp, n) for n in ("classifier.jaxexport", "images.npz", "result.npz")]
     with open(args[0], "wb") as f:
       f.write(artifact)
     with open(args[1], "wb") as f:
-      np.savez(f, images=images)
+      extra = {"representative": quant["representative"], "eval": quant["images"]} if quant else {}
+      np.savez(f, images=images, **extra)
     try:
       if python is None:
         convert_and_run(args[0], path, args[1], args[2])
       else:
         _subprocess(python, "convert", args[0], path, args[1], args[2])
       with open(args[2], "rb") as f:
-        result = np.load(f)
-        got, one, versions = result["batch"], result["one"], json.loads(str(result["versions"]))
-      check = compare(got, one, np.asarray(reference(images)), versions)
-    except (ConversionError, subprocess.TimeoutExpired, OSError) as e:
-      if os.path.exists(path):
-        os.remove(path)
+        result = dict(np.load(f))
+      versions = json.loads(str(result["versions"]))
+      entry = {"file": FILE, "dtype": "float32", "input": "images uint8 [N, S, S, 3]",
+               "output": "logits float32 [N, C]",
+               "converter": "jax2tf (native serialization) + tf.lite.TFLiteConverter, TFLITE_BUILTINS",
+               "check": compare(result["batch"], result["one"], np.asarray(reference(images)), versions)}
+      if quant:
+        want = np.concatenate([np.asarray(reference(quant["images"][i:i + 64]))
+                               for i in range(0, len(quant["images"]), 64)])
+        entry["int8"] = int8_report(result, want, quant["labels"], quant["task"], len(quant["representative"]))
+    except (ConversionError, subprocess.TimeoutExpired, OSError, KeyError) as e:
+      for p in (path, int8_path):
+        if os.path.exists(p):
+          os.remove(p)
       raise ConversionError(str(e)) from None
-  return {"file": FILE, "dtype": "float32", "input": "images uint8 [N, S, S, 3]", "output": "logits float32 [N, C]",
-          "converter": "jax2tf (native serialization) + tf.lite.TFLiteConverter, TFLITE_BUILTINS",
-          "check": check}
+  return entry
 
 
 def time_in(python: str | None, path: str, input_size: int, batch: int, reps: int) -> list[float]:
