@@ -74,6 +74,11 @@ def render(manifest: dict[str, Any], class_names: Sequence[str], metrics: dict[s
     else:
       what = "unchecked"
     lines.append(f"| {f['file']} | {name} | {what} |")
+    if "int8" in f:  # a quantised variant, scored on the run's eval images
+      q, ev = f["int8"], f["int8"]["eval"]
+      lines.append(f"| {q['file']} | {name} int8 | {q['quantisation']}, calibrated on {q['representative_images']} "
+                   f"of the run's `{ev['task']}` eval images; top-1 on the other {ev['images']}: jax "
+                   f"{ev['top1_jax']:.4f}, int8 {ev['top1_int8']:.4f} ({ev['top1_change']:+.4f}) |")
   lines += ["", "A timm (PyTorch) export is not yet available.", "",
             "## Licence and patent", "", "Exported with hyperclip_jax, Apache-2.0. The weights come from the "
             "source run above; its training data's terms apply to them.", "", PATENT, ""]
