@@ -89,7 +89,8 @@ def _subprocess(python: str, *args: str, timeout: float = 1800) -> str:
 def convert(artifact: bytes, input_size: int, representative: np.ndarray | None = None) -> bytes:
   """A jax.export artifact (uint8 [n, S, S, 3] -> logits) -> the bytes of a float32 .tflite file, or, given
   representative images uint8 [R, S, S, 3], of an int8 one (post-training quantisation of weights and
-  activations, calibrated on them one by one; ops without an int8 kernel stay float)."""
+  activations, calibrated on them one by one; ops without an int8 kernel stay float, and so do the DIVs: the
+  sigmoids lower to 1 / (1 + exp(-x)), and LiteRT's int8 DIV stops on a divisor that quantises to zero)."""
   import jax
   import tensorflow as tf
   from jax.experimental import jax2tf
@@ -104,9 +105,15 @@ def convert(artifact: bytes, input_size: int, representative: np.ndarray | None 
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops: LiteRT alone runs it
   if representative is not None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([representative[i:i + 1]] for i in range(len(representative)))
+    calibration = lambda: ([representative[i:i + 1]] for i in range(len(representative)))  # noqa: E731
+    converter.representative_dataset = calibration
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=["DIV"])
   try:
-    return converter.convert()
+    if representative is None:
+      return converter.convert()
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=calibration,
+                                                         debug_options=options)
+    return debugger.get_nondebug_quantized_model()  # quantised, the denylisted ops left float
   except Exception as e:  # the converter's errors are long MLIR dumps: keep the first line
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ConversionError(f"TensorFlow {tf.__version__} could not convert the classifier: {first}") from None
@@ -154,12 +161,16 @@ def convert_and_run(artifact_path: str, out_path: str, images_path: str, result_
   result = {"batch": run(interpreter, images), "one": run(interpreter, images[1:2])}
   if "representative" in given:
     int8_path = os.path.join(os.path.dirname(out_path), INT8_FILE)
-    with open(int8_path, "wb") as f:
-      f.write(convert(artifact, int(images.shape[1]), given["representative"]))
-    quantised = _interpreter(int8_path)
-    quantised.allocate_tensors()
     result["eval_float32"] = _batched(interpreter, given["eval"])
-    result["eval_int8"] = _batched(quantised, given["eval"])
+    try:
+      with open(int8_path, "wb") as f:
+        f.write(convert(artifact, int(images.shape[1]), given["representative"]))
+      quantised = _interpreter(int8_path)
+      quantised.allocate_tensors()
+      result["eval_int8"] = _batched(quantised, given["eval"])
+    except (ConversionError, RuntimeError, ValueError) as e:  # e.g. an int8 DIV whose divisor quantised to 0
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise ConversionError(f"the int8 file (--tflite-int8) failed: {first}; export without --tflite-int8") from None
   with open(result_path, "wb") as f:
     np.savez(f, versions=json.dumps(_versions()), **result)
 
@@ -218,7 +229,7 @@ def int8_report(result: dict[str, np.ndarray], want: np.ndarray, labels: np.ndar
   on the run's eval images of `task`, and the int8 logits' distance from the jax ones."""
   top1 = lambda logits: float(np.mean(np.argmax(logits, -1) == labels))  # noqa: E731
   jax_top1, int8_top1 = top1(want), top1(result["eval_int8"])
-  return {"file": INT8_FILE, "quantisation": "post-training int8 (weights and activations; float fallback)",
+  return {"file": INT8_FILE, "quantisation": "post-training int8 (weights and activations; DIV and ops without int8 kernels float)",
           "representative_images": int(representative),
           "eval": {"task": task, "images": int(len(labels)), "top1_jax": jax_top1,
                    "top1_float32": top1(result["eval_float32"]), "top1_int8": int8_top1,
