@@ -18,6 +18,7 @@ dimension is dynamic (resize the interpreter's input, as `run` does).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 FILE = "classifier.tflite"
@@ -42,9 +44,8 @@ class ConversionError(ValueError):
   """A classifier TensorFlow could not convert or LiteRT could not run; the message says what to do."""
 
 
-# ---- where the converter runs (this side needs numpy only) ----------------------------------------------------
+# ---- where the converter runs (this side needs no TensorFlow) ----------------------------------------------------
 def _importable_here() -> bool:
-  import importlib.util
   try:
     return all(importlib.util.find_spec(m) is not None for m in NEEDS)
   except (ImportError, ValueError):  # ValueError: sys.modules[m] is None (blocked, as in tests)
@@ -91,9 +92,8 @@ def convert(artifact: bytes, input_size: int, representative: np.ndarray | None 
   representative images uint8 [R, S, S, 3], of an int8 one (post-training quantisation of weights and
   activations, calibrated on them one by one; ops without an int8 kernel stay float, and so do the DIVs: the
   sigmoids lower to 1 / (1 + exp(-x)), and LiteRT's int8 DIV stops on a divisor that quantises to zero)."""
-  import jax
+  import jax.experimental.jax2tf as jax2tf  # imports tensorflow
   import tensorflow as tf
-  from jax.experimental import jax2tf
   exported = jax.export.deserialize(bytearray(artifact))
   s = input_size
   fn = jax2tf.convert(exported.call, polymorphic_shapes=[f"(n, {s}, {s}, 3)"],

@@ -9,12 +9,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hyperclip_jax import evaluators
+from hyperclip_jax.evaluators import zeroshot
+
 
 def eval_images(config: Any, class_names: Sequence[str], limit: int = 0) -> tuple[str, np.ndarray, np.ndarray]:
   """(task name, images uint8 [M, S, S, 3], labels int32 [M]) of the first zero-shot task of config.evals with
   exactly class_names, at most `limit` images (0: all). Raises ValueError naming the tasks there are."""
-  from hyperclip_jax import evaluators
-  from hyperclip_jax.evaluators import zeroshot
   seen = []
   evals = config.get("evals", None) or {}
   for name in evals:
