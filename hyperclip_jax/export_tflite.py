@@ -35,6 +35,7 @@ INT8_FILE = "classifier_int8.tflite"
 ENV = "HYPERCLIP_TFLITE_PYTHON"
 PINS = "tensorflow-cpu==2.21.0 ai-edge-litert==2.3.0"  # as the Makefile's TFLITE_PINS (with our jax, numpy)
 NEEDS = ("tensorflow", "ai_edge_litert", "jax")
+MARK = "hyperclip_jax.export_tflite: error: "  # the subprocess's error line, among TensorFlow's log lines
 CHECK_IMAGES = 8
 INSTALL = (f"run `make tflite` and pass --tflite-python .venv-tflite/bin/python (or set {ENV}), or install "
            f"{PINS} into this python")
@@ -82,7 +83,10 @@ def _subprocess(python: str, *args: str, timeout: float = 1800) -> str:
                         env=env, timeout=timeout)
   if done.returncode:
     lines = [l for l in done.stderr.strip().splitlines() if l.strip()]
-    raise ConversionError(f"the TFLite converter in {python} failed: {lines[-1] if lines else done.returncode}")
+    ours = [l[len(MARK):] for l in lines if l.startswith(MARK)]
+    why = (ours[-1] if ours else f"killed by signal {-done.returncode}" if done.returncode < 0 else
+           lines[-1] if lines else f"exit status {done.returncode}")
+    raise ConversionError(f"the TFLite converter in {python} failed: {why}")
   return done.stdout
 
 
@@ -299,7 +303,7 @@ def main(argv: list[str]) -> int:
             "run FILE IMAGES RESULT | time FILE SIZE BATCH REPS", file=sys.stderr)
       return 2
   except ConversionError as e:
-    print(str(e), file=sys.stderr)
+    print(f"{MARK}{e}", file=sys.stderr, flush=True)
     return 3
   return 0
 

@@ -93,3 +93,16 @@ def test_the_runs_eval_images_for_a_class_list():
   np.testing.assert_array_equal(first, images[:5])
   with pytest.raises(ValueError, match=r"no zero-shot task with these 2 classes in this order \(it has: colour "):
     task_images.eval_images(config, ["red", "blue"])
+
+
+def test_a_failure_in_the_tensorflow_python_is_one_line_naming_the_cause(tmp_path):
+  fake = tmp_path / "python"  # stands in for .venv-tflite/bin/python: TensorFlow's log lines, then ours
+  fake.write_text(f"#!/bin/sh\necho '{export_tflite.MARK}the int8 file failed: DIV' >&2\necho 'I0000 log' >&2\n"
+                  "exit 3\n")
+  fake.chmod(0o755)
+  with pytest.raises(export_tflite.ConversionError, match=r"^the TFLite converter in .*python failed: the int8 "
+                                                          r"file failed: DIV$"):
+    export_tflite._subprocess(str(fake), "convert")
+  fake.write_text("#!/bin/sh\necho 'I0000 log' >&2\nkill -9 $$\n")
+  with pytest.raises(export_tflite.ConversionError, match=r"python failed: killed by signal 9$"):
+    export_tflite._subprocess(str(fake), "convert")
