@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 # compiled programs across runs.
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test golden bench bench-peer clean
+.PHONY: demo test golden bench bench-peer clean tflite test-tflite
 
 $(VENV)/.installed: requirements.txt requirements-test.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=40 tests
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=40 tests --ignore=tests/tflite
 
 # Reference outputs for tests/models/test_timm_parity.py, from timm in its own venv (torch never enters .venv).
 GOLDEN_VENV := .venv-golden
@@ -41,6 +41,23 @@ $(GOLDEN_VENV)/.installed:
 
 golden: $(GOLDEN_VENV)/.installed
 	$(GOLDEN_VENV)/bin/python tests/models/make_golden.py
+
+# hyperclip-export --format tflite: TensorFlow's converter and the LiteRT interpreter in their own venv (TensorFlow
+# never enters .venv); the export runs them there as a subprocess (--tflite-python $(TFLITE_VENV)/bin/python).
+# jax, jaxlib and numpy as in requirements.txt: the converter deserializes our jax.export artifact.
+TFLITE_VENV := .venv-tflite
+TFLITE_PINS := tensorflow-cpu==2.21.0 ai-edge-litert==2.3.0 jax==0.10.2 jaxlib==0.10.2 numpy==2.4.6
+
+$(TFLITE_VENV)/.installed:
+	$(PYTHON) -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/pip install -q $(TFLITE_PINS)
+	touch $@
+
+tflite: $(TFLITE_VENV)/.installed
+
+# tests/tflite (left out of `make test`): classifier.tflite in LiteRT against the jax artifact's logits.
+test-tflite: $(VENV)/.installed $(TFLITE_VENV)/.installed
+	HYPERCLIP_TFLITE_PYTHON=$(CURDIR)/$(TFLITE_VENV)/bin/python $(PY) -m pytest -q tests/tflite
 
 # Our train step vs the open_clip-style PyTorch step, interleaved in one run; the torch side runs in its own venv
 # as a subprocess (bench/peer_torch.py). open_clip_torch is optional there: the peer falls back to torch + timm.
@@ -65,7 +82,7 @@ reproduce: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/train_step.py
-	$(PY) bench/export.py
+	$(PY) bench/export.py $(if $(wildcard $(TFLITE_VENV)/.installed),--tflite-python $(TFLITE_VENV)/bin/python)
 
 clean:
 	rm -rf $(VENV) .jax_cache runs

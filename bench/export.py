@@ -2,6 +2,7 @@
 
   .venv/bin/python bench/export.py [--workdir RUN] [--config configs/demo.py] [--classes demo:colour]
                                    [--reps 50] [--formats stablehlo,onnx] [--peer-python .venv-peer/bin/python]
+                                   [--tflite-python .venv-tflite/bin/python]
                                    [--config.a.b=v ...]
 
 Prints one JSON line per figure. "exported" is load_classifier(DIR) (the deserialized StableHLO artifact:
@@ -14,6 +15,9 @@ trained one of the config).
 "onnxruntime" (with --formats ...,onnx, the default when onnxruntime is installed) is the exported
 classifier.onnx in an onnxruntime CPU session (default threads, all graph optimisations), timed in turn with the
 jax sides on the same uint8 images; one row per format and batch (`classifier_forward_ms`, side=format).
+"tflite" (when the TensorFlow venv exists: `make tflite`) is classifier.tflite in the LiteRT interpreter (default
+threads), timed in that venv as a subprocess after the others, on the same images (`format_forward_ms`,
+format=tflite); without it the row is skipped with a note.
 
 "timm" is the same encoder architecture in timm eager PyTorch, channels_last, eval mode, inference_mode, with
 a bias-free head and the logits against fixed class embeddings (bench/peer_torch.py, run in the peer venv as a
@@ -38,11 +42,13 @@ import peer_client
 
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import export, optim, sharding
+from hyperclip_jax import export, export_tflite, optim, sharding
 from hyperclip_jax import state as state_lib
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.evaluators import classnames
 from hyperclip_jax.models import two_towers
+
+DEFAULT_TFLITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".venv-tflite", "bin", "python")
 
 
 def _du(path: str) -> int:
@@ -91,6 +97,8 @@ def main(argv: list[str]) -> None:
                       help="stablehlo[,onnx] (default: both when onnxruntime is installed)")
   parser.add_argument("--peer-python", default=peer_client.DEFAULT_PYTHON,
                       help="python with torch + timm for the timm figures ('none' = skip them)")
+  parser.add_argument("--tflite-python", default=DEFAULT_TFLITE,
+                      help="python with TensorFlow + ai-edge-litert for the tflite row ('none' = skip it)")
   parser.add_argument("--peer-device", default=None, help="cpu | cuda (default: cuda when JAX runs on a GPU)")
   args = parser.parse_args(rest)
   tmp = tempfile.mkdtemp(prefix="bench_export_")
@@ -111,8 +119,15 @@ def main(argv: list[str]) -> None:
     except ImportError:
       args.formats = "stablehlo"
   formats = export.parse_formats(args.formats)
+  tflite_python = None
+  if args.tflite_python != "none" and os.path.isfile(args.tflite_python):
+    tflite_python = args.tflite_python
+    formats.append("tflite")
+  elif args.tflite_python != "none":
+    print(f"export.py: note: no tflite row: {args.tflite_python} does not exist (`make tflite` creates it)",
+          file=sys.stderr)
   manifest = export.export_classifier(run, names, templates, out, platforms=(jax.export.default_export_platform(),),
-                                      formats=formats)
+                                      formats=formats, tflite_python=tflite_python)
   clf = export.load_classifier(out)
   session = None
   if "onnx" in formats:
@@ -171,6 +186,11 @@ def main(argv: list[str]) -> None:
         extra = {"onnxruntime": ort.__version__} if fmt == "onnx" else {"jax": jax.__version__}
         figures.emit("format_forward_ms", round(statistics.median(times) * 1e3, 3), "ms", format=fmt, batch=batch,
                      reps=len(times), **extra, **common)
+    if tflite_python is not None:  # after the others, in the TensorFlow venv (same images: seed = batch)
+      times = export_tflite.time_in(tflite_python, os.path.join(out, export_tflite.FILE), s, batch, args.reps)
+      check = manifest["formats"]["tflite"]["check"]
+      figures.emit("format_forward_ms", round(statistics.median(times) * 1e3, 3), "ms", format="tflite", batch=batch,
+                   reps=len(times), tensorflow=check["tensorflow"], ai_edge_litert=check["ai_edge_litert"], **common)
     if peer is not None:
       t_timm = statistics.median(times_timm)
       figures.emit("classifier_forward_ms", round(t_timm * 1e3, 3), "ms", side="timm_channels_last", batch=batch,
@@ -184,6 +204,9 @@ def main(argv: list[str]) -> None:
   if session is not None:
     figures.emit("onnx_bytes", _du(os.path.join(out, "classifier.onnx")), "bytes",
                  check=manifest["formats"]["onnx"]["check"], **common)
+  if tflite_python is not None:
+    figures.emit("tflite_bytes", _du(os.path.join(out, export_tflite.FILE)), "bytes",
+                 check=manifest["formats"]["tflite"]["check"], **common)
   figures.emit("artifact_bytes", _du(os.path.join(out, export.ARTIFACT)), "bytes",
                folded_params=_du(os.path.join(out, export.PARAMS)), training_checkpoint=_du(step_dir),
                training_params_only=int(sum(np.asarray(x).nbytes for x in jax.tree.leaves((params, batch_stats)))),

@@ -13,6 +13,9 @@ keep their LayerNorms with the generated values baked in). DIR then holds:
   params/               the folded parameters, class embeddings and t, b as an Orbax checkpoint
   classes.json          the class names, in logit order
   manifest.json         model, input size, preprocessing, temperature/bias, source step, config hash
+  classifier.onnx       with --format ...,onnx (export_onnx); classifier.tflite with --format ...,tflite and
+                        classifier_int8.tflite with --tflite-int8 N too (export_tflite: TensorFlow, here or
+                        in --tflite-python, e.g. `make tflite`'s .venv-tflite); each checked against the first
 
 `load_classifier(DIR)` needs only jax and numpy: it deserializes the artifact and never builds the model
 (this module imports Flax and the model code only inside the export functions).
@@ -153,15 +156,18 @@ def _recalibrated(config: Any, model: Any, params: Any, batch_stats: Any, zcls: 
 def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[str], out_dir: str,
                       platforms: Sequence[str] = ("cpu",), condition: str = "classes",
                       condition_sets: int = 64, formats: Sequence[str] = ("stablehlo",),
-                      recalibrate_bn: int = 0) -> dict[str, Any]:
+                      recalibrate_bn: int = 0, tflite_python: str | None = None,
+                      tflite_int8: int = 0) -> dict[str, Any]:
   """Writes the classifier of `run` (a workdir.Run) for `class_names` to out_dir; returns the manifest.
 
   condition: the hypernet reads the class prompts ('classes') or condition_sets sets of training captions,
   its norm params averaged ('train_sets_mean', as hyperclip-eval's condition of that name). recalibrate_bn=N:
   the BatchNorm running stats re-estimated under those norm params over N held-out training images before
   folding (hyperclip-eval's zero-shot setting of that name; evaluators/recalibrate.py). formats: the
-  StableHLO artifact is always written; 'onnx' adds classifier.onnx, checked against it (export_onnx). A model
-  card (README.md, model_card) describes the result."""
+  StableHLO artifact is always written; 'onnx' adds classifier.onnx, 'tflite' classifier.tflite (converted here
+  or in tflite_python, a python with TensorFlow: export_tflite), each checked against it; tflite_int8=N adds
+  an int8 file calibrated on N of the run's eval images for these classes, scored on the rest. A model card
+  (README.md, model_card) describes the result."""
   import orbax.checkpoint as ocp
 
   from hyperclip_jax.data import tokenizers
@@ -185,6 +191,16 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
       export_onnx.require()
     except export_onnx.ConversionError as e:
       raise ExportError(str(e)) from None
+  if tflite_int8 and "tflite" not in formats:
+    raise ExportError("--tflite-int8 quantises the tflite file: add tflite to --format")
+  if tflite_int8 < 0:
+    raise ExportError(f"--tflite-int8 {tflite_int8} must be a count of representative images (0: no int8 file)")
+  if "tflite" in formats:
+    from hyperclip_jax import export_tflite
+    try:
+      tflite_python = export_tflite.resolve_python(tflite_python)
+    except export_tflite.ConversionError as e:
+      raise ExportError(str(e)) from None
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown:
     raise ExportError(f"platform {unknown[0]!r} is unknown; known: {', '.join(PLATFORMS)}")
@@ -198,6 +214,18 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
   if "value_range" in pp and "value_range(-1, 1)" not in pp.replace("-1,1", "-1, 1"):
     raise ExportError(f"config.data.pp={pp!r} scales pixels other than value_range(-1, 1), which the exported "
                       "classifier assumes; export a run trained with value_range(-1, 1)")
+  quant = None
+  if tflite_int8:  # the run's own eval images: the first N calibrate, the others score
+    from hyperclip_jax.evaluators import task_images
+    try:
+      task, images, labels = task_images.eval_images(config, class_names)
+    except ValueError as e:
+      raise ExportError(f"--tflite-int8: {e}") from None
+    if len(images) <= tflite_int8:
+      raise ExportError(f"--tflite-int8 {tflite_int8}: the eval task {task!r} has only {len(images)} images; "
+                        "use fewer representative images so that some are left to score")
+    quant = {"task": task, "representative": images[:tflite_int8], "images": images[tflite_int8:],
+             "labels": labels[tflite_int8:]}
   model = two_towers.build_model(config)
   tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   params, batch_stats = jax.device_get(run.params), jax.device_get(run.batch_stats)
@@ -248,15 +276,24 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
       "platforms": list(platforms), "jax_version": jax.__version__, "artifact": ARTIFACT,
       "formats": {"stablehlo": {"file": ARTIFACT, "platforms": list(platforms)}},
   }
-  if "onnx" in formats:  # traced with library convolutions (what ONNX runtimes optimise), checked against the jax one
+  if "onnx" in formats or "tflite" in formats:  # traced with library convolutions (what ONNX / TFLite optimise)
     with config.unlocked():
       config.model.conv_impl = "native"
     native, native_logits = fold_classifier(two_towers.build_model(config), params, batch_stats, zcls, zsets)
+  if "onnx" in formats:  # checked against the jax artifact
     try:
       manifest["formats"]["onnx"] = export_onnx.write(
           out_dir, lambda images: native_logits(native, images), s, jax.jit(exported.call))
     except export_onnx.ConversionError as e:
       raise ExportError(f"--format onnx: {e}") from None
+  if "tflite" in formats:
+    native_consts = jax.tree.map(jnp.asarray, native)
+    cpu = jax.export.export(jax.jit(lambda images: native_logits(native_consts, images)), platforms=("cpu",))(spec)
+    try:
+      manifest["formats"]["tflite"] = export_tflite.write(out_dir, cpu.serialize(), s, jax.jit(exported.call),
+                                                          tflite_python, quant)
+    except export_tflite.ConversionError as e:
+      raise ExportError(f"--format tflite: {e}") from None
   with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2, ensure_ascii=False)
   from hyperclip_jax import model_card, model_dir
@@ -269,8 +306,8 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
-FORMATS = ("stablehlo", "onnx")
-NOT_YET = {"tflite": "it needs TensorFlow's jax2tf", "timm": "it needs PyTorch"}  # planned formats
+FORMATS = ("stablehlo", "onnx", "tflite")
+NOT_YET = {"timm": "it needs PyTorch"}  # planned formats
 
 
 def parse_formats(text: str) -> list[str]:
@@ -300,6 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="comma-separated: cpu, cuda, rocm, tpu (default: this machine's backend, and cpu)")
   parser.add_argument("--format", default="stablehlo",
                       help=f"comma-separated: {', '.join(FORMATS)} (the StableHLO artifact is always written)")
+  parser.add_argument("--tflite-python", default=None,
+                      help="--format tflite: a python with TensorFlow and ai-edge-litert that converts (`make tflite` "
+                           "makes .venv-tflite/bin/python; default: $HYPERCLIP_TFLITE_PYTHON, else this python)")
+  parser.add_argument("--tflite-int8", type=int, default=0, metavar="N",
+                      help="with --format tflite: also classifier_int8.tflite, calibrated on N of the run's eval "
+                           "images for these classes, its top-1 change on the others in the manifest")
   parser.add_argument("--condition", default="classes", choices=CONDITIONS,
                       help="what the hypernet reads: the class prompts, or --condition-sets sets of training "
                            "captions with their norm params averaged")
@@ -326,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     platforms = args.platforms.split(",") if args.platforms else list(dict.fromkeys([here, "cpu"]))
     manifest = export_classifier(run, names, templates, args.out, platforms=platforms, condition=args.condition,
                                  condition_sets=args.condition_sets, formats=formats,
-                                 recalibrate_bn=args.recalibrate_bn)
+                                 recalibrate_bn=args.recalibrate_bn, tflite_python=args.tflite_python,
+                                 tflite_int8=args.tflite_int8)
   except (ExportError, model_dir.ModelDirError, classnames.ClassListError, workdir_lib.RunError) as e:
     print(f"hyperclip-export: error: {e}", file=sys.stderr)
     return 2

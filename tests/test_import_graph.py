@@ -18,8 +18,10 @@ LIBRARIES = (f"{PACKAGE}.models", f"{PACKAGE}.data")
 APPLICATIONS = (f"{PACKAGE}.train", f"{PACKAGE}.evaluate", f"{PACKAGE}.evaluators", f"{PACKAGE}.export",
                 f"{PACKAGE}.predict", f"{PACKAGE}.state", f"{PACKAGE}.validation")
 # Imports allowed inside functions: heavy optional dependencies that only some runs install (not in
-# requirements.txt; gcsfs is loaded by fsspec, never imported by name; onnx and onnxruntime: the [onnx] extra).
-LOCAL_OK = {"tensorflow_datasets", "gcsfs", "onnx", "onnxruntime"}
+# requirements.txt; gcsfs is loaded by fsspec, never imported by name; onnx and onnxruntime: the [onnx] extra;
+# tensorflow, jax2tf (which needs it) and ai_edge_litert: --format tflite's own venv, `make tflite`).
+LOCAL_OK = {"tensorflow_datasets", "gcsfs", "onnx", "onnxruntime", "tensorflow", "jax.experimental.jax2tf",
+            "ai_edge_litert"}
 # Modules whose imports stay inside functions on purpose, and why.
 DEFERRED = {f"{PACKAGE}.export": "load_classifier (and hyperclip-predict) must run with jax and numpy alone, "
                                  "so Flax and the model code are imported inside the export functions",

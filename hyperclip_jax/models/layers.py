@@ -44,7 +44,7 @@ def group_images(images: Array, min_size: int, name: str) -> tuple[Array, bool]:
 
 def ungroup(features: Array, was_ungrouped: bool) -> Array:
   """[G, S, C] -> [B, C] when the input was an ungrouped batch."""
-  return features[0] if was_ungrouped else features
+  return jnp.squeeze(features, 0) if was_ungrouped else features  # not features[0]: a gather under a symbolic batch
 
 
 def _broadcast_generated(value: Array, x: Array, path: str) -> Array:

@@ -213,7 +213,8 @@ class MobileNetV3(nn.Module):
     x = global_avg_pool(x.astype(jnp.float32)).astype(x.dtype)[..., None, None, :]  # [G, S, 1, 1, C]
     features = self.head_features or _HEAD_FEATURES[self.variant]
     x = jax.nn.hard_swish(_conv(opts, features, 1, use_bias=True, name="conv_head")(x))
-    return ungroup(x[..., 0, 0, :].astype(jnp.float32), ungrouped)  # [B, F] or [G, S, F]
+    x = jnp.squeeze(x, (-3, -2))  # not x[..., 0, 0, :]: a gather under a symbolic batch (TFLite has none)
+    return ungroup(x.astype(jnp.float32), ungrouped)  # [B, F] or [G, S, F]
 
 
 def _factory(variant: str) -> Callable[..., nn.Module]:

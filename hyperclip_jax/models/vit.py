@@ -49,7 +49,8 @@ class Attention(nn.Module):
     hd = d // self.heads
     qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=_dense_init, name="qkv")(x)  # [G, S, N, 3D]
     qkv = qkv.reshape((-1, x.shape[-2], 3, self.heads, hd))  # [G·S, N, 3, H, hd]
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [G·S, N, H, hd]
+    # [G·S, N, H, hd] each; static slices, not qkv[:, :, i] (a gather under a symbolic batch: TFLite has none)
+    q, k, v = (jax.lax.index_in_dim(qkv, i, 2, keepdims=False) for i in range(3))
     o = jax.nn.dot_product_attention(q, k, v)  # scale 1/sqrt(hd), softmax in float32
     o = o.reshape(x.shape)
     return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name="proj")(o)
@@ -134,7 +135,8 @@ class VisionTransformer(nn.Module):
       rate = self.drop_path_rate * i / max(self.depth - 1, 1)  # timm: linspace(0, rate, depth)
       x = block(self.heads, self.mlp_dim, rate, opts, name=f"blocks_{i}")(x, train)
     x = _ln(opts, "norm")(x)
-    return ungroup(x[..., 0, :].astype(jnp.float32), ungrouped)  # [B, D] or [G, S, D]
+    x = jax.lax.index_in_dim(x, 0, x.ndim - 2, keepdims=False)  # the class token; static, as qkv above
+    return ungroup(x.astype(jnp.float32), ungrouped)  # [B, D] or [G, S, D]
 
 
 _BASES = {  # name -> (width, depth, heads); head dim 64 in all three
