@@ -136,13 +136,15 @@ def fold_classifier(model: Any, params: Any, batch_stats: Any, zcls: np.ndarray,
 
 def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[str], out_dir: str,
                       platforms: Sequence[str] = ("cpu",), condition: str = "classes",
-                      condition_sets: int = 64, formats: Sequence[str] = ("stablehlo",)) -> dict[str, Any]:
+                      condition_sets: int = 64, formats: Sequence[str] = ("stablehlo",),
+                      timm_python: str | None = None) -> dict[str, Any]:
   """Writes the classifier of `run` (a workdir.Run) for `class_names` to out_dir; returns the manifest.
 
   condition: the hypernet reads the class prompts ('classes') or condition_sets sets of training captions,
   its norm params averaged ('train_sets_mean', as hyperclip-eval's condition of that name). formats: the
-  StableHLO artifact is always written; 'onnx' adds classifier.onnx, checked against it (export_onnx). A model
-  card (README.md, model_card) describes the result."""
+  StableHLO artifact is always written; 'onnx' adds classifier.onnx, checked against it (export_onnx); 'timm'
+  adds timm/ (export_timm), checked with timm_python (default: $HYPERCLIP_TIMM_PYTHON or ./.venv-golden) or
+  recorded as not checked when there is none. A model card (README.md, model_card) describes the result."""
   import orbax.checkpoint as ocp
 
   from hyperclip_jax.data import tokenizers
@@ -162,6 +164,13 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
     try:
       export_onnx.require()
     except export_onnx.ConversionError as e:
+      raise ExportError(str(e)) from None
+  if "timm" in formats:
+    from hyperclip_jax import export_timm
+    try:
+      export_timm.refuse_scaled(run.config.model.image.to_dict())
+      timm_python = export_timm.find_python(timm_python)
+    except export_timm.TimmExportError as e:
       raise ExportError(str(e)) from None
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown:
@@ -232,6 +241,13 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
           out_dir, lambda images: native_logits(native, images), s, jax.jit(exported.call))
     except export_onnx.ConversionError as e:
       raise ExportError(f"--format onnx: {e}") from None
+  if "timm" in formats:  # the unfolded tower (BatchNorms kept, generated params baked in), as timm runs it
+    try:
+      manifest["formats"]["timm"] = export_timm.write(
+          out_dir, model, params, batch_stats, zcls, zsets, config.model.image.to_dict(), list(class_names),
+          jax.jit(exported.call), timm_python)
+    except export_timm.TimmExportError as e:
+      raise ExportError(str(e)) from None
   with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2, ensure_ascii=False)
   from hyperclip_jax import model_card, model_dir
@@ -244,8 +260,8 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
-FORMATS = ("stablehlo", "onnx")
-NOT_YET = {"tflite": "it needs TensorFlow's jax2tf", "timm": "it needs PyTorch"}  # planned formats
+FORMATS = ("stablehlo", "onnx", "timm")
+NOT_YET = {"tflite": "it needs TensorFlow's jax2tf"}  # planned formats
 
 
 def parse_formats(text: str) -> list[str]:
@@ -275,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="comma-separated: cpu, cuda, rocm, tpu (default: this machine's backend, and cpu)")
   parser.add_argument("--format", default="stablehlo",
                       help=f"comma-separated: {', '.join(FORMATS)} (the StableHLO artifact is always written)")
+  parser.add_argument("--timm-python", default=None,
+                      help="--format timm: a Python with torch + timm that checks the timm files (default: "
+                           "$HYPERCLIP_TIMM_PYTHON, else .venv-golden/bin/python; none: written unchecked)")
   parser.add_argument("--condition", default="classes", choices=CONDITIONS,
                       help="what the hypernet reads: the class prompts, or --condition-sets sets of training "
                            "captions with their norm params averaged")
@@ -297,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     here = jax.export.default_export_platform()
     platforms = args.platforms.split(",") if args.platforms else list(dict.fromkeys([here, "cpu"]))
     manifest = export_classifier(run, names, templates, args.out, platforms=platforms, condition=args.condition,
-                                 condition_sets=args.condition_sets, formats=formats)
+                                 condition_sets=args.condition_sets, formats=formats,
+                                 timm_python=args.timm_python)
   except (ExportError, model_dir.ModelDirError, classnames.ClassListError, workdir_lib.RunError) as e:
     print(f"hyperclip-export: error: {e}", file=sys.stderr)
     return 2

@@ -63,14 +63,20 @@ def render(manifest: dict[str, Any], class_names: Sequence[str], metrics: dict[s
     check = f.get("check")
     if name == "stablehlo":
       what = f"the reference (jax.export of the folded model); platforms {', '.join(f['platforms'])}"
+    elif name == "timm" and check.get("status") != "passed":
+      what = f"not checked: {check['reason']}"
+    elif name == "timm":
+      what = (f"timm {check['timm']} (torch {check['torch']}) via timm.create_model + the head formula vs the jax "
+              f"artifact on {check['images']} images: max abs diff {check['max_abs_diff']:.3g} (tolerance "
+              f"{check['tolerance']:.3g}), top-1 agreement {check['top1_agreement']:.3f}")
     elif check:
       what = (f"onnxruntime {check['onnxruntime']} vs the jax artifact on {check['images']} images: max abs diff "
               f"{check['max_abs_diff']:.3g} (tolerance {check['tolerance']:.3g}), top-1 agreement "
               f"{check['top1_agreement']:.3f}")
     else:
       what = "unchecked"
-    lines.append(f"| {f['file']} | {name} | {what} |")
-  lines += ["", "tflite and timm (PyTorch) exports are not yet available.", "",
+    lines.append(f"| {f.get('file', f.get('dir', '') + '/')} | {name} | {what} |")
+  lines += ["", "A tflite export is not yet available.", "",
             "## Licence and patent", "", "Exported with hyperclip_jax, Apache-2.0. The weights come from the "
             "source run above; its training data's terms apply to them.", "", PATENT, ""]
   return "\n".join(lines)
