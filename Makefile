@@ -42,6 +42,12 @@ $(GOLDEN_VENV)/.installed:
 golden: $(GOLDEN_VENV)/.installed
 	$(GOLDEN_VENV)/bin/python tests/models/make_golden.py
 
+# hyperclip-export --format timm through timm.create_model (tests/export/timm_parity.py): the export side runs
+# in .venv, the timm side in .venv-golden as a subprocess (torch never enters .venv).
+.PHONY: timm-parity
+timm-parity: $(VENV)/.installed $(GOLDEN_VENV)/.installed
+	HYPERCLIP_TIMM_PYTHON=$(CURDIR)/$(GOLDEN_VENV)/bin/python $(PY) -m pytest -q -s tests/export/timm_parity.py
+
 # Our train step vs the open_clip-style PyTorch step, interleaved in one run; the torch side runs in its own venv
 # as a subprocess (bench/peer_torch.py). open_clip_torch is optional there: the peer falls back to torch + timm.
 PEER_VENV := .venv-peer
