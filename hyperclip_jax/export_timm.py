@@ -14,7 +14,7 @@ classes for each image (top-1 agrees) but not the logits, which then scale with 
 
 and in PyTorch (docs/deploy.md):
   model = timm.create_model(arch, pretrained=True, num_classes=D, **model_args,
-                            pretrained_cfg_overlay=dict(file=".../model.safetensors", num_classes=D))
+                            pretrained_cfg_overlay=dict(pretrained_cfg, file=".../model.safetensors"))
   logits = F.normalize(model(x), dim=-1) @ head["classes"].T * head["scale"] + head["bias"]
 
 The mapping is convert_timm's (timm -> ours) read backwards. Writing needs numpy only (the safetensors layout is
@@ -178,6 +178,7 @@ def timm_config(name: str, image_config: Mapping[str, Any], input_size: int, emb
           "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
           "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],  # (x/255 - 0.5)/0.5: our value_range(-1, 1)
           "num_classes": int(embed_dim), "classifier": classifier,
+          "custom_load": False,  # a plain state dict (timm's ViT configs point at Google's .npz loader)
           "first_conv": "patch_embed.proj" if vit else "conv_stem"},
       "label_names": list(class_names),
       "hyperclip_head": {"file": HEAD, "num_classes": len(class_names), "formula": FORMULA,

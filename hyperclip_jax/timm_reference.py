@@ -23,8 +23,8 @@ def load(timm_dir: str) -> tuple[torch.nn.Module, dict, dict]:
     cfg = json.load(f)
   d = cfg["num_classes"]  # the embedding width: timm's classifier is our image projection
   model = timm.create_model(cfg["architecture"], pretrained=True, num_classes=d, **cfg["model_args"],
-                            pretrained_cfg_overlay=dict(file=os.path.join(timm_dir, "model.safetensors"),
-                                                        num_classes=d))
+                            pretrained_cfg_overlay=dict(cfg["pretrained_cfg"],
+                                                        file=os.path.join(timm_dir, "model.safetensors")))
   head = safetensors.torch.load_file(os.path.join(timm_dir, cfg["hyperclip_head"]["file"]))
   return model.eval(), head, cfg
 

@@ -43,6 +43,7 @@ def test_timm_files_have_timms_layout_and_reproduce_the_logits(tmp_path, no_torc
   assert cfg["architecture"] == encoder and cfg["num_classes"] == pre["num_classes"] == 32  # tiny embed_dim
   assert pre["input_size"] == [3, 32, 32] and pre["mean"] == pre["std"] == [0.5, 0.5, 0.5]
   assert pre["interpolation"] == "bilinear" and pre["crop_pct"] == 1.0 and pre["classifier"] == "classifier"
+  assert pre["custom_load"] is False
   assert cfg["label_names"] == names and cfg["hyperclip_head"]["num_classes"] == len(names)
   assert cfg["model_args"] == {}
 
