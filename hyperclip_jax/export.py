@@ -12,6 +12,8 @@ keep their LayerNorms with the generated values baked in). DIR then holds:
   params/               the folded parameters, class embeddings and t, b as an Orbax checkpoint
   classes.json          the class names, in logit order
   manifest.json         model, input size, preprocessing, temperature/bias, source step, config hash
+  classifier.onnx       with --format ...,onnx (export_onnx)
+  timm/                 with --format ...,timm: timm state dict, config.json, head.safetensors (export_timm)
 
 `load_classifier(DIR)` needs only jax and numpy: it deserializes the artifact and never builds the model
 (this module imports Flax and the model code only inside the export functions).
