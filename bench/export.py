@@ -115,7 +115,7 @@ def main(argv: list[str]) -> None:
     except ImportError:
       args.formats = "stablehlo"
   formats = export.parse_formats(args.formats)
-  timm_python = args.peer_python if "timm" in formats and args.peer_python != "none" else None
+  timm_python = args.peer_python if "timm" in formats and os.path.exists(args.peer_python) else None  # else unchecked
   manifest = export.export_classifier(run, names, templates, out, platforms=(jax.export.default_export_platform(),),
                                       formats=formats, timm_python=timm_python)
   clf = export.load_classifier(out)
