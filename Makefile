@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 # compiled programs across runs.
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test golden bench bench-peer clean tflite test-tflite
+.PHONY: demo test golden bench bench-peer clean tflite test-tflite timm-parity
 
 $(VENV)/.installed: requirements.txt requirements-test.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ tflite: $(TFLITE_VENV)/.installed
 # tests/tflite (left out of `make test`): classifier.tflite in LiteRT against the jax artifact's logits.
 test-tflite: $(VENV)/.installed $(TFLITE_VENV)/.installed
 	HYPERCLIP_TFLITE_PYTHON=$(CURDIR)/$(TFLITE_VENV)/bin/python $(PY) -m pytest -q tests/tflite
+# hyperclip-export --format timm through timm.create_model (tests/export/timm_parity.py): the export side runs
+# in .venv, the timm side in .venv-golden as a subprocess (torch never enters .venv).
+timm-parity: $(VENV)/.installed $(GOLDEN_VENV)/.installed
+	HYPERCLIP_TIMM_PYTHON=$(CURDIR)/$(GOLDEN_VENV)/bin/python $(PY) -m pytest -q -s tests/export/timm_parity.py
 
 # Our train step vs the open_clip-style PyTorch step, interleaved in one run; the torch side runs in its own venv
 # as a subprocess (bench/peer_torch.py). open_clip_torch is optional there: the peer falls back to torch + timm.

@@ -12,6 +12,10 @@ conversion and logits. Goal: exported / plain <= 1.05 (folding should make it at
 --workdir, a run of random weights is written to a temporary workdir (same shapes and checkpoint size as a
 trained one of the config).
 
+"timm" as a format (--formats ...,timm, an unscaled encoder: --config.model.image.width_mult=1.0
+--config.model.image.depth_mult=1.0) is the exported DIR/timm loaded with timm.create_model in the peer
+(checked at export with the peer python), eager, + the head formula: rows format_forward_ms format=timm.
+
 "onnxruntime" (with --formats ...,onnx, the default when onnxruntime is installed) is the exported
 classifier.onnx in an onnxruntime CPU session (default threads, all graph optimisations), timed in turn with the
 jax sides on the same uint8 images; one row per format and batch (`classifier_forward_ms`, side=format).
@@ -42,7 +46,7 @@ import peer_client
 
 from hyperclip_jax import checkpoint as ckpt_lib
 from hyperclip_jax import config as config_lib
-from hyperclip_jax import export, export_tflite, optim, sharding
+from hyperclip_jax import export, export_tflite, export_timm, optim, sharding
 from hyperclip_jax import state as state_lib
 from hyperclip_jax import workdir as workdir_lib
 from hyperclip_jax.evaluators import classnames
@@ -126,8 +130,10 @@ def main(argv: list[str]) -> None:
   elif args.tflite_python != "none":
     print(f"export.py: note: no tflite row: {args.tflite_python} does not exist (`make tflite` creates it)",
           file=sys.stderr)
+  timm_python = args.peer_python if "timm" in formats and os.path.exists(args.peer_python) else None  # else unchecked
   manifest = export.export_classifier(run, names, templates, out, platforms=(jax.export.default_export_platform(),),
-                                      formats=formats, tflite_python=tflite_python)
+                                      formats=formats, tflite_python=tflite_python,
+                                      timm_python=timm_python)
   clf = export.load_classifier(out)
   session = None
   if "onnx" in formats:
@@ -164,7 +170,10 @@ def main(argv: list[str]) -> None:
     if peer is not None:
       built = peer.call("build_clf", encoder=run.config.model.image.name, image_size=s, classes=len(names),
                         embed_dim=model.embed_dim, batch=batch, seed=batch)
-    times_exp, times_plain, times_timm, times_onnx = [], [], [], []
+    if peer is not None and "timm" in formats:
+      peer.call("build_export", dir=os.path.join(out, "timm"), reference=export_timm.REFERENCE, batch=batch,
+                seed=batch)
+    times_exp, times_plain, times_timm, times_onnx, times_tfmt = [], [], [], [], []
     fns = [clf, lambda x: np.asarray(plain(x))]  # all: numpy logits
     if session is not None:
       fns.append(lambda x: session.run(["logits"], {"images": x})[0])
@@ -175,15 +184,20 @@ def main(argv: list[str]) -> None:
       times_onnx += o[0] if o else []
       if peer is not None:
         times_timm += peer.call("time_clf", reps=args.reps // rounds)["times"]
+        if "timm" in formats:
+          times_tfmt += peer.call("time_clf", which="export", reps=args.reps // rounds)["times"]
     t_exp, t_plain = statistics.median(times_exp), statistics.median(times_plain)
     figures.emit("exported_over_plain_latency", round(t_exp / t_plain, 3), "ratio", batch=batch, goal="<= 1.05",
                  **common)
     for side, t in (("exported", t_exp), ("plain", t_plain)):
       figures.emit("classifier_forward_ms", round(t * 1e3, 3), "ms", side=side, batch=batch, reps=len(times_exp),
                    **common)
-    for fmt, times in (("stablehlo", times_exp), ("onnx", times_onnx)):  # one row per exported format
+    for fmt, times in (("stablehlo", times_exp), ("onnx", times_onnx), ("timm", times_tfmt)):  # one row per format
       if times:
         extra = {"onnxruntime": ort.__version__} if fmt == "onnx" else {"jax": jax.__version__}
+        if fmt == "timm":  # DIR/timm through timm.create_model, eager, + the head formula (docs/deploy.md)
+          extra = {"torch": peer.info["torch"], "timm": peer.info["timm"], "mode": "eager",
+                   "check": manifest["formats"]["timm"]["check"]}
         figures.emit("format_forward_ms", round(statistics.median(times) * 1e3, 3), "ms", format=fmt, batch=batch,
                      reps=len(times), **extra, **common)
     if tflite_python is not None:  # after the others, in the TensorFlow venv (same images: seed = batch)

@@ -225,11 +225,38 @@ class Peer:
       forward()
     return {"params": _count(enc) + _count(head)}
 
+  def build_export(self, req: dict[str, Any]) -> dict[str, Any]:
+    """An exported DIR/timm (hyperclip-export --format timm) as docs/deploy.md runs it: timm.create_model + the
+    written files, eager, eval mode, the head formula on top (hyperclip_jax/timm_reference.py, loaded by path)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("timm_reference", req["reference"])
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    model, head, cfg = ref.load(req["dir"])
+    model = model.to(self.device)
+    head = {k: v.to(self.device) for k, v in head.items()}
+    pre = cfg["pretrained_cfg"]
+    mean = torch.tensor(pre["mean"], device=self.device).view(1, 3, 1, 1)
+    std = torch.tensor(pre["std"], device=self.device).view(1, 3, 1, 1)
+    images = _uint8_images(req.get("seed", 0), req["batch"], pre["input_size"][-1])
+
+    @torch.inference_mode()
+    def forward() -> np.ndarray:  # host uint8 NHWC in, host logits out (as the exported classifier)
+      x = (torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+      z = F.normalize(model(x), dim=-1)
+      return (z @ head["classes"].T * head["scale"] + head["bias"]).cpu().numpy()
+
+    self.export_fn = forward
+    for _ in range(3):
+      forward()
+    return {"params": _count(model)}
+
   def time_clf(self, req: dict[str, Any]) -> dict[str, Any]:
+    fn = self.export_fn if req.get("which") == "export" else self.clf_fn
     times = []
     for _ in range(int(req["reps"])):
       t0 = time.perf_counter()
-      self.clf_fn()
+      fn()
       times.append(time.perf_counter() - t0)
     return {"times": times}
 
@@ -237,7 +264,7 @@ class Peer:
 def main() -> None:
   peer = Peer()
   ops = {"init": peer.init, "matmul": peer.matmul, "build_step": peer.build_step, "time_step": peer.time_step,
-         "build_clf": peer.build_clf, "time_clf": peer.time_clf}
+         "build_clf": peer.build_clf, "time_clf": peer.time_clf, "build_export": peer.build_export}
   out = sys.stdout
   sys.stdout = sys.stderr  # library prints must not corrupt the protocol
   for line in sys.stdin:

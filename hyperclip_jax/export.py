@@ -15,7 +15,9 @@ keep their LayerNorms with the generated values baked in). DIR then holds:
   manifest.json         model, input size, preprocessing, temperature/bias, source step, config hash
   classifier.onnx       with --format ...,onnx (export_onnx); classifier.tflite with --format ...,tflite and
                         classifier_int8.tflite with --tflite-int8 N too (export_tflite: TensorFlow, here or
-                        in --tflite-python, e.g. `make tflite`'s .venv-tflite); each checked against the first
+                        in --tflite-python, e.g. `make tflite`'s .venv-tflite); each checked against the jax artifact
+  timm/                 with --format ...,timm: timm state dict, config.json, head.safetensors (export_timm),
+                        checked in a Python with torch + timm (--timm-python) or marked unchecked
 
 `load_classifier(DIR)` needs only jax and numpy: it deserializes the artifact and never builds the model
 (this module imports Flax and the model code only inside the export functions).
@@ -157,7 +159,7 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
                       platforms: Sequence[str] = ("cpu",), condition: str = "classes",
                       condition_sets: int = 64, formats: Sequence[str] = ("stablehlo",),
                       recalibrate_bn: int = 0, tflite_python: str | None = None,
-                      tflite_int8: int = 0) -> dict[str, Any]:
+                      tflite_int8: int = 0, timm_python: str | None = None) -> dict[str, Any]:
   """Writes the classifier of `run` (a workdir.Run) for `class_names` to out_dir; returns the manifest.
 
   condition: the hypernet reads the class prompts ('classes') or condition_sets sets of training captions,
@@ -166,8 +168,9 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
   folding (hyperclip-eval's zero-shot setting of that name; evaluators/recalibrate.py). formats: the
   StableHLO artifact is always written; 'onnx' adds classifier.onnx, 'tflite' classifier.tflite (converted here
   or in tflite_python, a python with TensorFlow: export_tflite), each checked against it; tflite_int8=N adds
-  an int8 file calibrated on N of the run's eval images for these classes, scored on the rest. A model card
-  (README.md, model_card) describes the result."""
+  an int8 file calibrated on N of the run's eval images for these classes, scored on the rest. 'timm' adds timm/
+  (export_timm), checked with timm_python (default: $HYPERCLIP_TIMM_PYTHON or ./.venv-golden) or recorded as
+  not checked when there is none. A model card (README.md, model_card) describes the result."""
   import orbax.checkpoint as ocp
 
   from hyperclip_jax.data import tokenizers
@@ -200,6 +203,13 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
     try:
       tflite_python = export_tflite.resolve_python(tflite_python)
     except export_tflite.ConversionError as e:
+      raise ExportError(str(e)) from None
+  if "timm" in formats:
+    from hyperclip_jax import export_timm
+    try:
+      export_timm.refuse_scaled(run.config.model.image.to_dict())
+      timm_python = export_timm.find_python(timm_python)
+    except export_timm.TimmExportError as e:
       raise ExportError(str(e)) from None
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown:
@@ -294,6 +304,13 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
                                                           tflite_python, quant)
     except export_tflite.ConversionError as e:
       raise ExportError(f"--format tflite: {e}") from None
+  if "timm" in formats:  # the unfolded tower (BatchNorms kept, generated params baked in), as timm runs it
+    try:
+      manifest["formats"]["timm"] = export_timm.write(
+          out_dir, model, params, batch_stats, zcls, zsets, config.model.image.to_dict(), list(class_names),
+          jax.jit(exported.call), timm_python)
+    except export_timm.TimmExportError as e:
+      raise ExportError(str(e)) from None
   with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2, ensure_ascii=False)
   from hyperclip_jax import model_card, model_dir
@@ -306,16 +323,13 @@ def export_classifier(run: Any, class_names: Sequence[str], templates: Sequence[
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
-FORMATS = ("stablehlo", "onnx", "tflite")
-NOT_YET = {"timm": "it needs PyTorch"}  # planned formats
+FORMATS = ("stablehlo", "onnx", "tflite", "timm")
 
 
 def parse_formats(text: str) -> list[str]:
   """'stablehlo,onnx' -> ['stablehlo', 'onnx']; the StableHLO artifact is always among them (first)."""
   formats = [f.strip() for f in text.split(",") if f.strip()]
   for f in formats:
-    if f in NOT_YET:
-      raise ExportError(f"--format {f} is not yet available ({NOT_YET[f]}); available: {', '.join(FORMATS)}")
     if f not in FORMATS:
       raise ExportError(f"--format {f!r} is unknown; known: {', '.join(FORMATS)}")
   return list(dict.fromkeys(["stablehlo", *formats]))
@@ -343,6 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--tflite-int8", type=int, default=0, metavar="N",
                       help="with --format tflite: also classifier_int8.tflite, calibrated on N of the run's eval "
                            "images for these classes, its top-1 change on the others in the manifest")
+  parser.add_argument("--timm-python", default=None,
+                      help="--format timm: a Python with torch + timm that checks the timm files (default: "
+                           "$HYPERCLIP_TIMM_PYTHON, else .venv-golden/bin/python; none: written unchecked)")
   parser.add_argument("--condition", default="classes", choices=CONDITIONS,
                       help="what the hypernet reads: the class prompts, or --condition-sets sets of training "
                            "captions with their norm params averaged")
@@ -370,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = export_classifier(run, names, templates, args.out, platforms=platforms, condition=args.condition,
                                  condition_sets=args.condition_sets, formats=formats,
                                  recalibrate_bn=args.recalibrate_bn, tflite_python=args.tflite_python,
-                                 tflite_int8=args.tflite_int8)
+                                 tflite_int8=args.tflite_int8, timm_python=args.timm_python)
   except (ExportError, model_dir.ModelDirError, classnames.ClassListError, workdir_lib.RunError) as e:
     print(f"hyperclip-export: error: {e}", file=sys.stderr)
     return 2

@@ -67,19 +67,25 @@ def render(manifest: dict[str, Any], class_names: Sequence[str], metrics: dict[s
       what = (f"LiteRT (ai-edge-litert {check['ai_edge_litert']}, converted by TensorFlow {check['tensorflow']}) "
               f"vs the jax artifact on {check['images']} images: max abs diff {check['max_abs_diff']:.3g} "
               f"(tolerance {check['tolerance']:.3g}), top-1 agreement {check['top1_agreement']:.3f}")
+    elif name == "timm" and check.get("status") != "passed":
+      what = f"not checked: {check['reason']}"
+    elif name == "timm":
+      what = (f"timm {check['timm']} (torch {check['torch']}) via timm.create_model + the head formula vs the jax "
+              f"artifact on {check['images']} images: max abs diff {check['max_abs_diff']:.3g} (tolerance "
+              f"{check['tolerance']:.3g}), top-1 agreement {check['top1_agreement']:.3f}")
     elif check:
       what = (f"onnxruntime {check['onnxruntime']} vs the jax artifact on {check['images']} images: max abs diff "
               f"{check['max_abs_diff']:.3g} (tolerance {check['tolerance']:.3g}), top-1 agreement "
               f"{check['top1_agreement']:.3f}")
     else:
       what = "unchecked"
-    lines.append(f"| {f['file']} | {name} | {what} |")
+    lines.append(f"| {f.get('file', f.get('dir', '') + '/')} | {name} | {what} |")
     if "int8" in f:  # a quantised variant, scored on the run's eval images
       q, ev = f["int8"], f["int8"]["eval"]
       lines.append(f"| {q['file']} | {name} int8 | {q['quantisation']}, calibrated on {q['representative_images']} "
                    f"of the run's `{ev['task']}` eval images; top-1 on the other {ev['images']}: jax "
                    f"{ev['top1_jax']:.4f}, int8 {ev['top1_int8']:.4f} ({ev['top1_change']:+.4f}) |")
-  lines += ["", "A timm (PyTorch) export is not yet available.", "",
+  lines += ["",
             "## Licence and patent", "", "Exported with hyperclip_jax, Apache-2.0. The weights come from the "
             "source run above; its training data's terms apply to them.", "", PATENT, ""]
   return "\n".join(lines)

@@ -209,11 +209,8 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
   assert err.count("\n") == 1 and "'cat' on line 3 repeats line 1" in err
   assert export.main(["--workdir", str(empty), "--classes", "imagenet", "--out", "o"]) == 2
   assert "neither a file nor a known list; known: imagenet1k, cifar100, cifar10" in capsys.readouterr().err
-  assert export.main(["--workdir", str(empty), "--classes", "cifar10", "--out", "o", "--format", "timm"]) == 2
-  err = capsys.readouterr().err
-  assert err.count("\n") == 1 and "--format timm is not yet available (it needs PyTorch" in err
   assert export.main(["--workdir", str(empty), "--classes", "cifar10", "--out", "o", "--format", "onnx,pt"]) == 2
-  assert "--format 'pt' is unknown; known: stablehlo, onnx, tflite" in capsys.readouterr().err
+  assert "--format 'pt' is unknown; known: stablehlo, onnx, tflite, timm" in capsys.readouterr().err
 
 
 def test_export_cli_writes_a_classifier_from_a_class_file(trained_run, tmp_path, capsys):
