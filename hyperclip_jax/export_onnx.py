@@ -214,6 +214,27 @@ def _gather(c, e, x, v):
   return y
 
 
+def _same_dim(a: Any, b: Any) -> bool:
+  try:
+    return bool(a == b)  # ints, or the symbolic batch dimension against itself
+  except Exception:  # noqa: BLE001  (jax's InconclusiveDimensionOperation: a symbolic and a constant size)
+    return False
+
+
+def _slice(c, e, x, v):
+  p, shape = e.params, e.invars[0].aval.shape
+  strides = p["strides"] or (1,) * len(shape)
+  axes = [i for i, (a, b, st, d) in enumerate(zip(p["start_indices"], p["limit_indices"], strides, shape))
+          if (a, st) != (0, 1) or not _same_dim(b, d)]  # the axes actually cut; a whole axis (the batch's) stays
+  if any(not isinstance(p["limit_indices"][i], int) for i in axes):
+    raise ConversionError("a slice along the symbolic batch axis has no translation here")
+  pick = lambda values: c.const(np.asarray([values[i] for i in axes], np.int64))  # noqa: E731
+  if not axes:
+    return c.node("Identity", x)
+  return c.node("Slice", [x[0], pick(p["start_indices"]), pick(p["limit_indices"]),
+                          c.const(np.asarray(axes, np.int64)), pick(strides)])
+
+
 def _select(c, e, x, v):
   if len(x) != 3:
     raise ConversionError("select_n with more than two cases has no translation here")
@@ -249,7 +270,7 @@ _RULES: dict[str, Callable[..., str]] = {
     "expand_dims": lambda c, e, x, v: c.node("Unsqueeze", [x[0], c.const(np.asarray(e.params["dimensions"],
                                                                                       np.int64))]),
     "concatenate": lambda c, e, x, v: c.node("Concat", x, axis=int(e.params["dimension"])),
-    "conv_general_dilated": _conv, "dot_general": _dot, "gather": _gather,
+    "conv_general_dilated": _conv, "dot_general": _dot, "gather": _gather, "slice": _slice,
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"), "reduce_min": _reduce("ReduceMin"),
 }
 

@@ -33,7 +33,11 @@ import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from hyperclip_jax.models import convert_timm, fold
 
 DIR = "timm"
 WEIGHTS = "model.safetensors"
@@ -107,7 +111,6 @@ def refuse_scaled(image_config: Mapping[str, Any]) -> None:
 
 
 def _prefix_fn(name: str) -> Callable[[tuple[str, ...]], str]:
-  from hyperclip_jax.models import convert_timm
   if name.startswith(("efficientnet_", "tinynet_")):
     return convert_timm._efficientnet_prefix
   if name.startswith("vit_"):
@@ -118,9 +121,7 @@ def _prefix_fn(name: str) -> Callable[[tuple[str, ...]], str]:
 def effective_variables(model: Any, params: Any, batch_stats: Any, generated: Any) -> dict[str, Any]:
   """The image tower's eval variables for one generated set, with the generated norm params baked into each
   norm's scale/bias (no 'generated' collection left): a plain encoder timm can hold."""
-  import jax
 
-  from hyperclip_jax.models import fold
   variables = model.static_image_variables(params, batch_stats, generated)
   norms = fold.trace_norms(model.image, variables, model.image_size)
   p = jax.tree.map(np.asarray, jax.device_get(variables["params"]))
@@ -135,7 +136,6 @@ def effective_variables(model: Any, params: Any, batch_stats: Any, generated: An
 def to_timm_state_dict(name: str, variables: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], str]:
   """Our ImageTower variables {'params': {'encoder', 'head'}, 'batch_stats': {'encoder'}} -> (timm state dict
   with the projection as the classifier, the classifier's module name)."""
-  from hyperclip_jax.models import convert_timm
   prefix_of = _prefix_fn(name)
   out: dict[str, np.ndarray] = {}
   bn_modules: list[str] = []
@@ -242,7 +242,6 @@ def write(out_dir: str, model: Any, params: Any, batch_stats: Any, zcls: np.ndar
           python: str | None) -> dict[str, Any]:
   """Writes out_dir/timm/ and checks it when a torch Python is given; returns the manifest's formats.timm entry.
   Without one the files are written and the entry says the check was not run (and how to run it)."""
-  import jax.numpy as jnp
   refuse_scaled(image_config)
   name = image_config["name"]
   generated = model.generate_mean(params, jnp.asarray(zcls)[None] if zsets is None else jnp.asarray(zsets))
