@@ -41,12 +41,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.hyper = ml_collections.ConfigDict(dict(set_size=16, width=128, depth=2, heads=4, bottleneck=64))
   c.model.hyper_rank = 32  # rank of the generated weight update of the linear / conv variants (docs/models.md)
 
-  # CLIP's softmax loss, not the paper's SigLIP sigmoid loss (`--config.loss.name=sigmoid`): on this data the
-  # sigmoid loss leaves texture at 1.0-1.7x chance whatever else was tried; softmax gives 1.9-2.0x
-  # (docs/getting_started.md). bench/studies/reproduce.py and the peer benchmarks pin sigmoid. chunked: the
-  # sigmoid's ring form.
+  # The paper's SigLIP sigmoid loss (with every scene in a contrast pair: data.contrast_prob below). CLIP's
+  # softmax (`--config.loss.name=softmax`) learns texture better on this data (docs/getting_started.md).
+  # chunked: the sigmoid's ring form.
   # scope: which pairs are scored, "batch" (all B x B) | "group" (each image against its own set's captions only)
-  c.loss = ml_collections.ConfigDict(dict(name="softmax", chunked=False, scope="batch"))
+  c.loss = ml_collections.ConfigDict(dict(name="sigmoid", chunked=False, scope="batch"))
   c.accum_steps = 1  # > 1: GradCache micro-batches, exact for the contrastive loss (hyperclip_jax/accumulate.py)
 
   c.optim = ml_collections.ConfigDict(dict(
@@ -59,9 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="demo", image_size=64, max_len=32, tokenizer="demo_words", two_objects_prob=0.0,
       partial_caption_prob=0.2,
-      # contrast pairs: half the scenes come in pairs that differ in one attribute, so a batch holds negatives
-      # only shape or texture tell apart (docs/getting_started.md: texture 0.324 -> 0.479, shape 0.545 -> 0.645)
-      contrast_prob=0.5, contrast_group=2,
+      # contrast pairs: scenes come in pairs that differ in one attribute, so a batch holds negatives only shape
+      # or texture tell apart; with the sigmoid loss, all of them (docs/getting_started.md: texture 1.14x chance
+      # at 0.5, 1.29x at 1.0)
+      contrast_prob=1.0, contrast_group=2,
       # what a contrast-set variant changes (a name given twice is changed twice as often)
       contrast_attributes=("shape", "shape", "texture", "texture", "colour", "size", "position"),
       object_scale=1.0,  # object radii x this (the eval tasks render with the same scale)
@@ -99,7 +99,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.image.bn_stats = "group"  # the per-group path (exact GradCache, per-group parity tests); the study's
     # tiny mode runs global as its ablation
     c.model.image.depth_mult = 0.2
-    c.loss.name = "sigmoid"  # the paper's loss: what the tests train
     c.model.text.update(dict(width=32, depth=1, heads=2, mlp_dim=64))
     c.model.hyper.update(dict(set_size=4, width=32, depth=1, heads=2, bottleneck=16))
     c.data.image_size = 32

@@ -111,6 +111,8 @@ class Mode:
   # Hook: extra (dotted key, value) overrides of every arm with a hypernetwork, e.g. (("data.task_sets", True),)
   # once the data pipeline can form task-shaped caption sets; empty: the config's own sets.
   hyper_overrides: tuple[tuple[str, Any], ...] = ()
+  # data.contrast_prob: the demo config's value when the protocol was registered (configs/demo.py now has 1.0)
+  contrast_prob: float = 0.5
 
 
 MODES = {
@@ -123,7 +125,7 @@ MODES = {
     # tests: two widths, both scopes, the ablation; no floor (the tiny runs sit near chance)
     "tiny": Mode("tiny", "tiny=true", steps=8, warmup_steps=2, seeds=(0, 1), widths=(0.1, 0.2), claim_width=0.1,
                  n_eval=32, arms=("siglip", "hyperclip", "token"), diag_sets=4, inbatch_batches=1,
-                 floor_x_chance=0.0),
+                 floor_x_chance=0.0, contrast_prob=0.0),  # tiny=true's own value
 }
 
 
@@ -173,6 +175,7 @@ def make_config(mode: Mode, run: RunSpec) -> Any:
   config = config_lib.load_config(os.path.join(ROOT, "configs", f"demo.py:{arg}"))
   settings = [("seed", run.seed), ("model.image.width_mult", float(run.width)),
               ("loss.name", "sigmoid"),  # the paper's loss for every arm, whatever configs/demo.py trains with
+              ("data.contrast_prob", mode.contrast_prob),
               ("loss.scope", run.scope), ("optim.schedule.warmup_steps", mode.warmup_steps),
               ("eval_every_steps", mode.steps), ("evals.zeroshot.n_eval", mode.n_eval),
               # one checkpoint, at the end: an interrupted run is retrained, not resumed (see train_run)
