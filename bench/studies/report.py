@@ -33,7 +33,7 @@ def registered_protocol(path: str, protocol: str) -> str:
   if m.group(0).strip() != protocol.strip():
     raise ProtocolError(f"{path} holds a registered protocol that differs from bench/studies/reproduce.py's "
                         "PROTOCOL: restore the script's text, or delete the section from the file to register anew")
-  return m.group(0)
+  return protocol  # the same text (the file's copy may carry blank lines before the next section)
 
 
 def _f(x: float | None, digits: int = 3) -> str:
