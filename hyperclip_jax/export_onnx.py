@@ -12,7 +12,6 @@ Needs `pip install "hyperclip_jax[onnx]"` (onnx, onnxruntime), at export time on
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Callable
 
 import jax
@@ -20,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jax_core
 
+from hyperclip_jax import export_parity
+
 FILE = "classifier.onnx"
 OPSET = 18
-CHECK_IMAGES = 8
 
 
 class ConversionError(ValueError):
@@ -301,26 +301,15 @@ def convert(fn: Callable[[Any], Any], input_size: int) -> bytes:
   return model.SerializeToString()
 
 
-def check(path: str, reference: Callable[[Any], Any], input_size: int, num: int = CHECK_IMAGES) -> dict[str, Any]:
-  """Runs classifier.onnx with onnxruntime and the jax artifact on `num` fixed images (random pixels, plus all-0
-  and all-255); raises ConversionError past the tolerance 1e-4 * max|logits| + 1e-4."""
+def check(path: str, reference: Callable[[Any], Any], input_size: int) -> dict[str, Any]:
+  """Runs classifier.onnx with onnxruntime (the check images, then the second alone: the batch dimension is
+  dynamic) against the jax artifact; raises ConversionError past export_parity's tolerance."""
   import onnxruntime as ort
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (num, input_size, input_size, 3), dtype=np.uint8)
-  images[0], images[-1] = 0, 255
+  images = export_parity.check_images(input_size)
   session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
   got = session.run(["logits"], {"images": images})[0]
-  want = np.asarray(reference(images))
-  one = session.run(["logits"], {"images": images[1:2]})[0]  # the batch dimension is dynamic
-  diff = float(max(np.max(np.abs(got - want)), np.max(np.abs(one - want[1:2]))))
-  tolerance = float(1e-4 * np.max(np.abs(want)) + 1e-4)
-  result = {"onnxruntime": ort.__version__, "images": int(num), "max_abs_diff": diff, "tolerance": tolerance,
-            "top1_agreement": float(np.mean(got.argmax(-1) == want.argmax(-1))),
-            "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-  if not diff <= tolerance:
-    raise ConversionError(f"classifier.onnx differs from the jax artifact by {diff:.3g} (tolerance "
-                          f"{tolerance:.3g}); use the StableHLO artifact and report this model")
-  return result
+  one = session.run(["logits"], {"images": images[1:2]})[0]
+  return export_parity.compare(FILE, got, reference(images), ConversionError, one, onnxruntime=ort.__version__)
 
 
 def require() -> None:

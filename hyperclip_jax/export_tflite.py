@@ -30,13 +30,14 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from hyperclip_jax import export_parity
+
 FILE = "classifier.tflite"
 INT8_FILE = "classifier_int8.tflite"
 ENV = "HYPERCLIP_TFLITE_PYTHON"
 PINS = "tensorflow-cpu==2.21.0 ai-edge-litert==2.3.0"  # as the Makefile's TFLITE_PINS (with our jax, numpy)
 NEEDS = ("tensorflow", "ai_edge_litert", "jax")
 MARK = "hyperclip_jax.export_tflite: error: "  # the subprocess's error line, among TensorFlow's log lines
-CHECK_IMAGES = 8
 INSTALL = (f"run `make tflite` and pass --tflite-python .venv-tflite/bin/python (or set {ENV}), or install "
            f"{PINS} into this python")
 
@@ -205,26 +206,10 @@ def time_file(path: str, input_size: int, batch: int, reps: int) -> list[float]:
 
 
 # ---- the export side ------------------------------------------------------------------------------------------
-def check_images(input_size: int, num: int = CHECK_IMAGES) -> np.ndarray:
-  """The check's fixed uint8 images: random pixels, the first all-black, the last all-white (as the ONNX one)."""
-  images = np.random.default_rng(0).integers(0, 256, (num, input_size, input_size, 3), dtype=np.uint8)
-  images[0], images[-1] = 0, 255
-  return images
-
-
 def compare(batch: np.ndarray, one: np.ndarray, want: np.ndarray, versions: dict[str, str]) -> dict[str, Any]:
   """The check's entry: LiteRT's logits (`batch`, and `one` for the second image alone) against the jax
-  artifact's (`want`); raises ConversionError past the tolerance 1e-4 * max|logits| + 1e-4."""
-  if batch.shape != want.shape or one.shape != want[1:2].shape:
-    raise ConversionError(f"classifier.tflite gave logits {list(batch.shape)}, the jax artifact {list(want.shape)}")
-  diff = float(max(np.max(np.abs(batch - want)), np.max(np.abs(one - want[1:2]))))
-  tolerance = float(1e-4 * np.max(np.abs(want)) + 1e-4)
-  if not diff <= tolerance:
-    raise ConversionError(f"classifier.tflite differs from the jax artifact by {diff:.3g} (tolerance "
-                          f"{tolerance:.3g}); use the StableHLO artifact and report this model")
-  return {**versions, "interpreter": "ai_edge_litert", "images": int(len(want)), "max_abs_diff": diff,
-          "tolerance": tolerance, "top1_agreement": float(np.mean(batch.argmax(-1) == want.argmax(-1))),
-          "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+  artifact's (`want`); raises ConversionError past export_parity's tolerance."""
+  return export_parity.compare(FILE, batch, want, ConversionError, one, **versions, interpreter="ai_edge_litert")
 
 
 def int8_report(result: dict[str, np.ndarray], want: np.ndarray, labels: np.ndarray, task: str,
@@ -250,7 +235,7 @@ def write(out_dir: str, artifact: bytes, input_size: int, reference: Callable[[A
   images, its top-1 on the eval images reported (int8_report). Raises ConversionError (no file is kept) when it
   cannot convert or check."""
   path, int8_path = os.path.join(out_dir, FILE), os.path.join(out_dir, INT8_FILE)
-  images = check_images(input_size)
+  images = export_parity.check_images(input_size)
   with tempfile.TemporaryDirectory(prefix="hyperclip_tflite_") as tmp:
     args = [os.path.join(tmp, n) for n in ("classifier.jaxexport", "images.npz", "result.npz")]
     with open(args[0], "wb") as f:

@@ -30,20 +30,19 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyperclip_jax import export_parity
 from hyperclip_jax.models import convert_timm, fold
 
 DIR = "timm"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 HEAD = "head.safetensors"
-CHECK_IMAGES = 8
 PYTHON_ENV = "HYPERCLIP_TIMM_PYTHON"
 DEFAULT_PYTHON = os.path.join(".venv-golden", "bin", "python")  # the Makefile's torch venv (make golden)
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "timm_reference.py")
@@ -201,13 +200,6 @@ def find_python(explicit: str | None = None) -> str | None:
   return None
 
 
-def check_images(input_size: int, num: int = CHECK_IMAGES) -> np.ndarray:
-  """The fixed check images (as export_onnx's): random pixels, the first all 0 and the last all 255."""
-  images = np.random.default_rng(0).integers(0, 256, (num, input_size, input_size, 3), dtype=np.uint8)
-  images[0], images[-1] = 0, 255
-  return images
-
-
 def run_reference(python: str, timm_dir: str, images: np.ndarray, timeout: float = 600) -> tuple[np.ndarray, dict]:
   """Logits of timm.create_model + the written files (timm_reference.py under `python`) -> (logits, versions)."""
   with tempfile.TemporaryDirectory() as tmp:
@@ -221,20 +213,12 @@ def run_reference(python: str, timm_dir: str, images: np.ndarray, timeout: float
 
 
 def check(timm_dir: str, reference: Callable[[Any], Any], input_size: int, python: str) -> dict[str, Any]:
-  """timm's logits vs the jax artifact's on the check images; raises TimmExportError past the tolerance
-  1e-4 * max|logits| + 1e-4 (export_onnx's)."""
-  images = check_images(input_size)
+  """timm's logits vs the jax artifact's on the check images; raises TimmExportError past export_parity's
+  tolerance."""
+  images = export_parity.check_images(input_size)
   got, versions = run_reference(python, timm_dir, images)
-  want = np.asarray(reference(images))
-  diff = float(np.max(np.abs(got - want)))
-  tolerance = float(1e-4 * np.max(np.abs(want)) + 1e-4)
-  result = {**versions, "images": int(len(images)), "max_abs_diff": diff, "tolerance": tolerance,
-            "top1_agreement": float(np.mean(got.argmax(-1) == want.argmax(-1))),
-            "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-  if not diff <= tolerance:
-    raise TimmExportError(f"--format timm: timm's logits differ from the jax artifact's by {diff:.3g} (tolerance "
-                          f"{tolerance:.3g}); use the StableHLO artifact and report this model")
-  return result
+  return export_parity.compare("--format timm: the timm model with timm/head.safetensors", got, reference(images),
+                               TimmExportError, **versions)
 
 
 def write(out_dir: str, model: Any, params: Any, batch_stats: Any, zcls: np.ndarray, zsets: Any,

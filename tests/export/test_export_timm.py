@@ -98,7 +98,7 @@ def test_a_difference_past_the_tolerance_fails_the_check(tmp_path, monkeypatch):
   assert result["max_abs_diff"] == pytest.approx(1e-4, abs=1e-6) and result["tolerance"] == pytest.approx(6e-4)
   assert result["top1_agreement"] == 1.0 and result["timm"] == "x"
   monkeypatch.setattr(export_timm, "run_reference", lambda *a: (want + 0.01, versions))
-  with pytest.raises(export_timm.TimmExportError, match=r"differ from the jax artifact's by 0.01 \(tolerance "):
+  with pytest.raises(export_timm.TimmExportError, match=r"^--format timm: the timm model with timm/head.safetensors differs from the jax artifact by 0.01 \(tolerance "):
     export_timm.check(str(tmp_path), lambda images: want, 4, "python")
 
 
