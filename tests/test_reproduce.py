@@ -67,17 +67,29 @@ def _p(diffs):
   return analysis.paired({i: d for i, d in enumerate(diffs)}, {i: 0.0 for i in range(len(diffs))})
 
 
-SHOWN = analysis.SetDependence(0.05, 0.10)
+SHOWN = analysis.SetDependence(_p([0.05, 0.04, 0.06]), _p([0.10, 0.12, 0.08]))
+
+
+def test_set_dependence_by_means_or_by_intervals():
+  wobbly = _p([0.05, -0.01, 0.02])  # mean > 0, interval across 0
+  assert analysis.SetDependence(wobbly, _p([0.1, 0.12, 0.08]), "mean").shown
+  assert not analysis.SetDependence(wobbly, _p([0.1, 0.12, 0.08]), "interval").shown
+  assert analysis.SetDependence(_p([0.05, 0.04, 0.06]), _p([0.1, 0.12, 0.08]), "interval").shown
+  assert not analysis.SetDependence(_p([0.05]), _p([0.1]), "interval").shown  # one seed: no interval
+  assert not analysis.SetDependence(None, _p([0.1, 0.12, 0.08]), "mean").shown
 
 
 @pytest.mark.parametrize("vs_siglip, controls, dep, verdict, phrase", [
     ([0.05, 0.06, 0.07], {"token": [0.02, 0.03, 0.01]}, SHOWN, analysis.REPRODUCED, "beats token"),
     ([-0.03, -0.02, -0.025], {"token": [0.0, 0.0, 0.0]}, SHOWN, analysis.NOT_REPRODUCED, "below the minimal"),
     ([0.05, 0.06, 0.07], {"token": [-0.01, 0.0, -0.02]}, SHOWN, analysis.NOT_REPRODUCED, "fails on token"),
-    ([0.05, 0.06, 0.07], {"token": [0.02, 0.03, 0.01]}, analysis.SetDependence(-0.01, 0.1),
+    ([0.05, 0.06, 0.07], {"token": [0.02, 0.03, 0.01]},
+     analysis.SetDependence(_p([-0.01, -0.02, 0.0]), _p([0.1, 0.12, 0.08])), analysis.NOT_REPRODUCED, "set dependence"),
+    ([0.05, 0.06, 0.07], {"token": [0.02, 0.03, 0.01]}, analysis.SetDependence(_p([0.02, 0.03, 0.01]), None),
      analysis.NOT_REPRODUCED, "set dependence"),
-    ([0.05, 0.06, 0.07], {"token": [0.02, 0.03, 0.01]}, analysis.SetDependence(0.02, None),
-     analysis.NOT_REPRODUCED, "set dependence"),
+    ([0.05, 0.06, 0.07], {"token": [0.02, 0.03, 0.01]},
+     analysis.SetDependence(_p([0.05, -0.01, 0.02]), _p([0.1, 0.12, 0.08]), "interval"),
+     analysis.NOT_REPRODUCED, "rule: interval"),
     ([-0.05, 0.02, 0.09], {"token": [0.02, 0.03, 0.01]}, SHOWN, analysis.INCONCLUSIVE, "contains 0"),
     ([0.2], {"token": [0.1]}, SHOWN, analysis.INCONCLUSIVE, "fewer than two"),
 ])
@@ -91,20 +103,27 @@ def test_verdict_is_inconclusive_without_an_endpoint():
 
 
 # ---- the pre-registered protocol ------------------------------------------------------------------------------
-def test_docs_results_md_holds_the_scripts_protocol():
+def test_docs_results_md_holds_the_scripts_protocols():
   path = os.path.join(ROOT, "docs", "results.md")
-  assert report.registered_protocol(path, reproduce.PROTOCOL) == reproduce.PROTOCOL
+  assert report.registered_protocols(path, reproduce.PROTOCOLS) == list(reproduce.PROTOCOLS)
   with open(path, encoding="utf-8") as f:
-    assert reproduce.PROTOCOL in f.read()
+    text = f.read()
+  assert all(p in text for p in reproduce.PROTOCOLS)
+  assert text.index(reproduce.PROTOCOL_HEADING) < text.index(reproduce.PROTOCOL_V2_HEADING)
 
 
 def test_a_changed_protocol_is_refused(tmp_path):
   path = tmp_path / "results.md"
+  path.write_text(PENDING + reproduce.PROTOCOL, encoding="utf-8")  # the second one not registered yet: fine
+  assert report.registered_protocols(str(path), reproduce.PROTOCOLS) == list(reproduce.PROTOCOLS)
+  path.write_text(PENDING + reproduce.PROTOCOL + "\n" + reproduce.PROTOCOL_V2.replace("0.25", "0.5"), encoding="utf-8")
+  with pytest.raises(report.ProtocolError, match="second version.*differs"):
+    report.registered_protocols(str(path), reproduce.PROTOCOLS)
   path.write_text(PENDING + reproduce.PROTOCOL.replace("0.95", "0.90"), encoding="utf-8")
   with pytest.raises(report.ProtocolError, match="differs"):
-    report.registered_protocol(str(path), reproduce.PROTOCOL)
-  assert report.registered_protocol(str(tmp_path / "none.md"), "## Protocol (pre-registered, x)\n") \
-      == "## Protocol (pre-registered, x)\n"
+    report.registered_protocols(str(path), reproduce.PROTOCOLS)
+  assert report.registered_protocols(str(tmp_path / "none.md"), ["## Protocol (pre-registered, x)\n"]) \
+      == ["## Protocol (pre-registered, x)\n"]
   assert reproduce.main(["--tiny", "--out", str(tmp_path)]) == 2  # stops before any run
   assert not (tmp_path / "runs").exists()
 
@@ -112,15 +131,22 @@ def test_a_changed_protocol_is_refused(tmp_path):
 def test_full_study_is_the_protocols():
   mode = reproduce.MODES["full"]
   pilots, mains = reproduce.pilot_specs(mode), reproduce.main_specs(mode, "group")
-  assert len(pilots) == 4 and len(mains) == 5 * 2 * 3 + 3
+  assert len(pilots) == 4 and len(mains) == 5 * 2 * 3 + 5 * 2 + 3 + 2 * 3  # + seeds 3-4, ablation, task_sets
   configs = [reproduce.make_config(mode, s) for s in pilots + mains]
   assert {c.loss.name for c in configs} == {"sigmoid"}
   assert {c.model.image.width_mult for c in configs} == {0.1, 0.25}
   assert {c.model.variant for c in configs} == set(reproduce.ARMS)
   assert all(c.loss.scope == "batch" for c in configs if c.model.variant == "siglip")
-  assert {s.seed for s in mains} == {0, 1, 2} and {s.seed for s in pilots} == {100}
+  assert {s.seed for s in mains} == {0, 1, 2, 3, 4} and {s.seed for s in pilots} == {100}
+  assert {s.width for s in mains if s.seed > 2} == {0.1} and {s.seed for s in mains if s.width == 0.25} == {0, 1, 2}
   ablation = [s for s in mains if s.stage == "ablation"]
-  assert {(s.arm, s.width, s.scope) for s in ablation} == {("hyperclip", 0.1, "batch")}
+  assert {(s.arm, s.width, s.scope, s.seed) for s in ablation} == {("hyperclip", 0.1, "batch", s) for s in (0, 1, 2)}
+  task_sets = [(s, c) for s, c in zip(mains, configs[len(pilots):]) if s.stage == "task_sets"]
+  assert {(s.arm, s.width, s.seed) for s, _ in task_sets} == {(a, 0.1, s) for a in ("siglip", "hyperclip")
+                                                                for s in (0, 1, 2)}
+  assert {c.data.task_sets for _, c in task_sets} == {0.25}
+  assert {c.data.task_sets for s, c in zip(mains, configs[len(pilots):]) if s.stage != "task_sets"} == {0.0}
+  assert mode.recalibrate_bn == 512 and mode.task_sets == 0.25
 
 
 # ---- the tiny study end to end --------------------------------------------------------------------------------
@@ -152,7 +178,9 @@ def test_study_runs_pilot_arms_widths_seeds_and_the_scope_ablation(study):
   other = {"batch": "group", "group": "batch"}[scope]
   expected = {f"pilot_siglip_w{w}_s100" for w in WIDTHS} | {f"pilot_hyperclip_w0.1_s100_{s}" for s in ("batch", "group")}
   expected |= {f"{a}_w{w}_s{s}" for a in ARMS for w in WIDTHS for s in (0, 1)}
+  expected |= {f"{a}_w0.1_s2" for a in ARMS}  # the second protocol's extra seeds, at the claim width only
   expected |= {f"hyperclip_w0.1_s{s}_{other}" for s in (0, 1)}
+  expected |= {f"{a}_w0.1_s{s}_ts0.5" for a in ("siglip", "hyperclip") for s in reproduce.MODES["tiny"].task_sets_seeds}
   assert set(results["runs"]) == expected
   scores = results["pilot"]["scope_endpoints"]
   assert scores[scope] >= scores[other] and (scores[scope] > scores[other] or scope == "batch")
@@ -168,12 +196,18 @@ def test_study_runs_pilot_arms_widths_seeds_and_the_scope_ablation(study):
 def test_report_leads_with_the_verdict_and_keeps_the_protocol_verbatim(study):
   out, results = study
   md = (out / "results.md").read_text(encoding="utf-8")
-  assert md.index("## Verdict") < md.index("## Protocol (pre-registered") < md.index("## Primary endpoint")
-  assert reproduce.PROTOCOL.rstrip("\n") in md and "pending" not in md
+  assert (md.index("## Verdict") < md.index(reproduce.PROTOCOL_HEADING) < md.index("## Outcome of the first protocol")
+          < md.index(reproduce.PROTOCOL_V2_HEADING) < md.index("## Primary endpoint"))
+  assert all(p.rstrip("\n") in md for p in reproduce.PROTOCOLS) and "pending" not in md
   verdict = results["analysis"]["verdict"]
   assert verdict in (analysis.REPRODUCED, analysis.NOT_REPRODUCED, analysis.INCONCLUSIVE)
   assert f"**Verdict: {verdict}.**" in md and "`tiny` mode" in md
-  assert report.registered_protocol(str(out / "results.md"), reproduce.PROTOCOL) in md
+  assert report.registered_protocols(str(out / "results.md"), reproduce.PROTOCOLS) == list(reproduce.PROTOCOLS)
+  first = results["analysis_first_protocol"]
+  assert f"the verdict is *{first['verdict']}*" in md and first["set_dependence_rule"] == "mean"
+  assert results["analysis"]["set_dependence_rule"] == "interval"
+  assert first["widths"]["0.1"]["seeds"] == [0, 1] and results["analysis"]["widths"]["0.1"]["seeds"] == [0, 1, 2]
+  assert "## Task-shaped training sets" in md and "## Recalibrated BatchNorm" in md
 
 
 def test_endpoints_and_paired_differences_come_from_the_runs_metrics_files(study):
@@ -185,15 +219,18 @@ def test_endpoints_and_paired_differences_come_from_the_runs_metrics_files(study
   pilot_siglip = {t: finals["pilot_siglip_w0.1_s100"][f"zeroshot/{t}/top1"] for t in results["runs"]["siglip_w0.1_s0"]["top1"]}
   assert results["analysis"]["widths"]["0.1"]["tasks"] == [t for t, v in pilot_siglip.items() if v < 0.95]
   lines = (out / "results.md").read_text(encoding="utf-8").splitlines()
+  t975 = {2: 12.706204736174698, 3: 4.302652729749464}  # Student's t(0.975, n - 1)
   for w in WIDTHS:
     wa = results["analysis"]["widths"][w]
+    seeds = (0, 1, 2) if w == "0.1" else (0, 1)  # the extra seed at the claim width
     ep = {a: [sum(finals[f"{a}_w{w}_s{s}"][f"zeroshot/{t}/top1"] for t in wa["tasks"]) / len(wa["tasks"])
-              for s in (0, 1)] for a in ARMS}
+              for s in seeds] for a in ARMS}
     diffs = [h - s for h, s in zip(ep["hyperclip"], ep["siglip"])]
     p = wa["paired"]["hyperclip - siglip"]
-    assert p["diffs"] == pytest.approx(diffs) and p["mean"] == pytest.approx(sum(diffs) / 2)
-    half = 12.706204736174698 * abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2)  # t(0.975, 1) s / sqrt(n)
-    assert p["hi"] - p["mean"] == pytest.approx(half)
+    n, mean = len(seeds), sum(diffs) / len(seeds)
+    assert p["diffs"] == pytest.approx(diffs) and p["mean"] == pytest.approx(mean)
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    assert p["hi"] - p["mean"] == pytest.approx(t975[n] * std / math.sqrt(n))
     row = next(line for line in lines if line.startswith(f"| {w} | hyperclip - siglip |"))
     assert f"{100 * p['mean']:+.1f} [{100 * p['lo']:+.1f}, {100 * p['hi']:+.1f}]" in row
     row = next(line for line in lines if line.startswith(f"| {w} | token |"))
@@ -204,7 +241,7 @@ def test_diagnostics_of_every_hypernetwork_run(study):
   _, results = study
   runs = results["runs"]
   for name, run in runs.items():
-    assert ("diagnostics" in run) == (run["stage"] == "main" and run["arm"] != "siglip"), name
+    assert ("diagnostics" in run) == (run["stage"] in ("main", "task_sets") and run["arm"] != "siglip"), name
   for w in WIDTHS:
     for s in (0, 1):
       token = runs[f"token_w{w}_s{s}"]["diagnostics"]
@@ -230,3 +267,39 @@ def test_rerun_gives_identical_results_json(study, tmp_path, one_device_env):
   assert json.loads((tmp_path / "throughput.json").read_text(encoding="utf-8"))["trained"] == 1
   assert _final_row(tmp_path / "runs" / retrained) == _final_row(out / "runs" / retrained)
   assert (tmp_path / "results.json").read_bytes() == (out / "results.json").read_bytes()
+
+
+def test_task_sets_ablation_trains_on_task_shaped_sets(study):
+  out, results = study
+  mode = reproduce.MODES["tiny"]
+  ts, tasks = results["analysis"]["task_sets"], results["analysis"]["widths"]["0.1"]["tasks"]
+  for arm in ("siglip", "hyperclip"):
+    for s in mode.task_sets_seeds:
+      name = f"{arm}_w0.1_s{s}_ts0.5"
+      config = json.loads((out / "runs" / name / "config.json").read_text(encoding="utf-8"))
+      assert config["data"]["task_sets"] == 0.5 and results["runs"][name]["stage"] == "task_sets"
+      plain = json.loads((out / "runs" / f"{arm}_w0.1_s{s}" / "config.json").read_text(encoding="utf-8"))
+      assert plain["data"]["task_sets"] == 0.0
+      want = sum(results["runs"][name]["top1"][t] for t in tasks) / len(tasks)
+      assert ts["endpoint"][arm][str(s)] == pytest.approx(want)
+  p = ts["paired"]["hyperclip (task_sets) - hyperclip"]
+  ep = results["analysis"]["widths"]["0.1"]["endpoint"]["hyperclip"]
+  assert p["diffs"] == pytest.approx([ts["endpoint"]["hyperclip"][str(s)] - ep[str(s)] for s in mode.task_sets_seeds])
+  assert set(ts["conditioning"]) == {"hyperclip"}
+
+
+def test_recalibrated_rows_are_eval_only_and_per_task(study):
+  _, results = study
+  runs, bn = results["runs"], results["analysis"]["recalibrated_bn"]
+  tasks = results["analysis"]["widths"]["0.1"]["tasks"]
+  for name, run in runs.items():
+    has = run["stage"] == "main" and run["width"] == 0.1 and run["arm"] in ("siglip", "hyperclip")
+    assert ("recalibrated_bn" in run) == has, name
+    if has:
+      assert set(run["recalibrated_bn"]) == set(run["top1"])
+      assert all(0.0 <= v <= 1.0 for v in run["recalibrated_bn"].values())
+  assert bn["n"] == 32 and bn["seeds"] == [0, 1, 2]
+  for arm in ("siglip", "hyperclip"):
+    want = [sum(runs[f"{arm}_w0.1_s{s}"]["recalibrated_bn"][t] - runs[f"{arm}_w0.1_s{s}"]["top1"][t] for t in tasks)
+            / len(tasks) for s in (0, 1, 2)]
+    assert bn["paired"][f"{arm} (recalibrated) - {arm}"]["diffs"] == pytest.approx(want)

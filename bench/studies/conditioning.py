@@ -122,3 +122,29 @@ def diagnose(workdir: str, task_names: Sequence[str], n_eval: int, sets: int, in
   return {"delta_std_ratio": ratio, "inbatch": inbatch,
           "zeroshot": {"wrong_task": wrong, "train_sets_mean": {t: r["top1"] for t, r in mean_sets.items()}},
           "wrong_task_of": {t.name: wrong_task(t.name, demo.DEMO_TASK_NAMES) for t in tasks}}
+
+
+def recalibrated(workdir: str, task_names: Sequence[str], n_eval: int, n: int) -> dict[str, float]:
+  """Zero-shot top-1 per task of the run in `workdir`, each task's BatchNorm statistics re-estimated under its own
+  Θ' (conditioned on its class prompts) over n held-out training images (evaluators/recalibrate.py)."""
+  from hyperclip_jax import sharding
+  from hyperclip_jax import workdir as workdir_lib
+  from hyperclip_jax.data import input_pipeline, tokenizers
+  from hyperclip_jax.data.sources import demo
+  from hyperclip_jax.evaluators import recalibrate, zeroshot
+  from hyperclip_jax.models import two_towers
+
+  config = workdir_lib.read_config(workdir)
+  run = workdir_lib.load_run(workdir, None, config)
+  model = two_towers.build_model(config)
+  mesh = sharding.make_mesh(config.mesh)
+  every = demo.demo_tasks(config.data.image_size, n_eval, object_scale=config.data.get("object_scale", 1.0))
+  eval_batch = config.evals.zeroshot.get("batch_size", 128)
+  tasks = [zeroshot.ClassificationTask(t, every[t].class_names, every[t].templates,
+                                       functools.partial(input_pipeline.make_eval_batches, every[t], eval_batch))
+           for t in task_names]
+  evaluator = zeroshot.ZeroShotEvaluator(model, tokenizers.get_tokenizer(config.data.tokenizer), tasks,
+                                         config.data.max_len, mesh,
+                                         recalibrator=recalibrate.build(config, model, mesh, n, eval_batch))
+  results = evaluator.run(run.params, run.batch_stats)
+  return {t.name: results[evaluator.result_name(t.name)]["top1"] for t in tasks}

@@ -1,39 +1,41 @@
 """results.md and results.png of bench/studies/reproduce.py, from results.json and throughput.json's contents.
 
-results.md leads with the verdict (one paragraph), then the pre-registered protocol section exactly as the file
-held it before the run (registered_protocol), then the tables. results.png is the one figure of the effect.
+results.md leads with the verdict (one paragraph), then the pre-registered protocol sections exactly as the file
+held them before the run (registered_protocols), then the tables. results.png is the one figure of the effect.
 """
 from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Sequence
 
-PROTOCOL_RE = re.compile(r"^## Protocol \(pre-registered[^\n]*\n.*?(?=^## |\Z)", re.S | re.M)
+PROTOCOL_RE = re.compile(r"^## Protocol[^\n]*\(pre-registered[^\n]*\n.*?(?=^## |\Z)", re.S | re.M)
 
 
 class ProtocolError(ValueError):
-  """The registered protocol in results.md is not the one the script runs."""
+  """A registered protocol in results.md is not the one the script runs."""
 
 
-def registered_protocol(path: str, protocol: str) -> str:
-  """The protocol section to write: the one `path` holds (verbatim) or, when it holds none, `protocol`.
+def registered_protocols(path: str, protocols: Sequence[str]) -> list[str]:
+  """The protocol sections to write: `protocols` (the script's, in order), once every section `path` holds is the
+  script's, verbatim and in the same order. A file may hold fewer (a later protocol registers on its first run).
 
-  A registered section that differs from `protocol` (the script's) is an error: the protocol changed after it was
-  registered. Delete the section from `path` (a visible change in git) to register the new one.
+  A registered section that differs from the script's is an error: the protocol changed after it was registered.
+  A changed protocol is a new section with a new heading; the old one stays.
   """
   try:
     with open(path, encoding="utf-8") as f:
       text = f.read()
   except FileNotFoundError:
-    return protocol
-  m = PROTOCOL_RE.search(text)
-  if m is None:
-    return protocol
-  if m.group(0).strip() != protocol.strip():
-    raise ProtocolError(f"{path} holds a registered protocol that differs from bench/studies/reproduce.py's "
-                        "PROTOCOL: restore the script's text, or delete the section from the file to register anew")
-  return protocol  # the same text (the file's copy may carry blank lines before the next section)
+    return list(protocols)
+  found = [m.group(0).strip() for m in PROTOCOL_RE.finditer(text)]
+  for i, section in enumerate(found):
+    if i >= len(protocols) or section != protocols[i].strip():
+      heading = section.splitlines()[0]
+      raise ProtocolError(f"{path} holds a registered protocol ({heading!r}) that differs from "
+                          "bench/studies/reproduce.py's PROTOCOLS: restore the script's text (a changed protocol "
+                          "is a new, dated section)")
+  return list(protocols)  # the same texts (the file's copies may carry blank lines before the next section)
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -56,7 +58,7 @@ def verdict_paragraph(results: dict[str, Any]) -> str:
   proto, an = results["protocol"], results["analysis"]
   claim = f"{proto['claim_width']:g}"
   w = an["widths"][claim]
-  text = (f"**Verdict: {an['verdict']}.** At encoder width {claim} ({len(proto['seeds'])} seeds; primary endpoint: "
+  text = (f"**Verdict: {an['verdict']}.** At encoder width {claim} ({len(w['seeds'])} seeds; primary endpoint: "
           f"mean zero-shot top-1 over {', '.join(w['tasks']) or 'no task'}), {an['reason']}.")
   others = [k for k in an["widths"] if k != claim]
   for k in others:
@@ -71,28 +73,60 @@ def verdict_paragraph(results: dict[str, Any]) -> str:
              f"{_f(dep['inbatch_mean'])} with the mean; zero-shot {_f(cond['classes']['mean'])} conditioned on the "
              f"task's classes, {_f(cond['wrong_task']['mean'])} on another task's, "
              f"{_f(cond['train_sets_mean']['mean'])} on the mean of training sets "
-             f"(set dependence {'shown' if an['set_dependence_shown'] else 'not shown'}).")
+             f"(set dependence {'shown' if an['set_dependence_shown'] else 'not shown'} by its "
+             f"{an['set_dependence_rule']} rule: classes - wrong_task {_interval(cond['classes - wrong_task'])}, "
+             f"own - other set {_interval(dep['own - other'])} points).")
+  first = results.get("analysis_first_protocol")
+  if first:
+    text += (f" Under the first protocol (seeds {', '.join(map(str, proto['seeds']))}, set dependence by means) "
+             f"the verdict is *{first['verdict']}*.")
   if proto["name"] != "full":
     text += (f" This is the `{proto['name']}` mode, a check of the harness with settings other than the "
              "protocol's: its verdict says nothing about the claim; `make reproduce` runs the full study.")
   return text
 
 
-def write_markdown(path: str, protocol: str, results: dict[str, Any], meta: dict[str, Any]) -> None:
+def first_outcome(results: dict[str, Any]) -> list[str]:
+  """The section after the first protocol: its verdict, recomputed on its seeds under its own rule."""
+  first = results["analysis_first_protocol"]
+  lines = ["## Outcome of the first protocol", "",
+           f"Recomputed on this run's seeds {', '.join(map(str, results['protocol']['seeds']))} under the first "
+           f"protocol's rule: **{first['verdict']}**. {first['reason']}.", "",
+           "| width | difference | per seed | mean [95% interval] |", "|---|---|---|---|"]
+  for w, wa in first["widths"].items():
+    for name, p in wa["paired"].items():
+      lines.append(f"| {w} | {name} | {_per_seed(p)} | {_interval(p)} |")
+  dep, cond = (first["widths"][f"{results['protocol']['claim_width']:g}"][k].get("hyperclip")
+               for k in ("set_dependence", "conditioning"))
+  if dep and cond:
+    lines += ["", f"Set dependence {'shown' if first['set_dependence_shown'] else 'not shown'} (means > 0): "
+              f"classes - wrong_task {_interval(cond['classes - wrong_task'])}, own - other set "
+              f"{_interval(dep['own - other'])} points."]
+  return lines + [""]
+
+
+def _per_seed(p: dict[str, Any] | None) -> str:
+  return "n/a" if p is None else ", ".join(_pts(d) for d in p["diffs"])
+
+
+def write_markdown(path: str, protocols: Sequence[str], results: dict[str, Any], meta: dict[str, Any]) -> None:
   proto, pilot, an, runs = results["protocol"], results["pilot"], results["analysis"], results["runs"]
-  seeds, arms = proto["seeds"], proto["arms"]
+  arms = proto["arms"]
+  seeds = sorted({s for wa in an["widths"].values() for s in wa["seeds"]})
   lines = [
       "# Does HyperCLIP help? HyperCLIP vs. SigLIP and capacity controls over encoder width (demo data)", "",
-      "Generated by `bench/studies/reproduce.py`; do not edit by hand (the protocol section is kept verbatim "
+      "Generated by `bench/studies/reproduce.py`; do not edit by hand (the protocol sections are kept verbatim "
       "from before the run). Every number is read from the runs' own `metrics.jsonl` and checkpoints "
       f"(`{meta['runs_dir']}/<name>/`; per-run values in `results.json`).", "",
       "## Verdict", "", verdict_paragraph(results), "",
-      protocol.rstrip("\n"), "",
+      protocols[0].rstrip("\n"), "", *(first_outcome(results) if len(protocols) > 1 else []),
+      *[p.rstrip("\n") + "\n" for p in protocols[1:]],
       "## This run", "",
       f"- Command: `{meta['command']}` (`{proto['name']}` mode)",
       f"- Config: `{proto['config']}`, `model.image.width_mult` in {', '.join(f'{w:g}' for w in proto['widths'])}, "
       f"{proto['steps']} steps ({proto['warmup_steps']} of warmup), `loss.name=sigmoid`; zero-shot on "
-      f"{proto['n_eval']} images per task at the end; seeds {', '.join(map(str, seeds))}; pilot seed "
+      f"{proto['n_eval']} images per task at the end; seeds {', '.join(map(str, proto['seeds']))} (at width "
+      f"{proto['claim_width']:g} also {', '.join(map(str, proto['extra_seeds'])) or 'none'}); pilot seed "
       f"{proto['pilot_seed']}; arms {', '.join(arms)}",
       f"- Machine: {meta['machine']}; commit {meta['commit']}",
       f"- Wall time of the study: {meta['study_wall_s'] / 60:.1f} min ({meta['trained']} runs trained, the rest "
@@ -117,9 +151,11 @@ def write_markdown(path: str, protocol: str, results: dict[str, Any], meta: dict
             "|---|---|" + "---:|" * (len(seeds) + 1)]
   for w, wa in an["widths"].items():
     for arm in arms:
-      vals = [wa["endpoint"][arm][s] for s in seeds]
-      mean = None if any(v is None for v in vals) else sum(vals) / len(vals)
-      lines.append(f"| {w} | {arm} | " + " | ".join(_f(v) for v in vals) + f" | {_f(mean)} |")
+      vals = [wa["endpoint"][arm].get(s, wa["endpoint"][arm].get(str(s))) for s in seeds]
+      got = [v for s, v in zip(seeds, vals) if s in wa["seeds"]]
+      mean = None if any(v is None for v in got) else sum(got) / len(got)
+      lines.append(f"| {w} | {arm} | " + " | ".join(_f(v) if s in wa["seeds"] else "-" for s, v in zip(seeds, vals))
+                   + f" | {_f(mean)} |")
 
   lines += ["", "## Paired differences (per seed; mean and 95% t-interval, points)", "",
             "| width | difference | per seed | mean [95% interval] |", "|---|---|---|---|"]
@@ -171,6 +207,7 @@ def write_markdown(path: str, protocol: str, results: dict[str, Any], meta: dict
       lines.append(f"| {w} | {arm} | {_f(d['delta_std_ratio'])} | {_f(d['inbatch_own'])} | "
                    f"{_f(d['inbatch_other'])} | {_f(d['inbatch_mean'])} | {_interval(d['own - other'])} |")
 
+  lines += extra_tables(results)
   lines += ["", "## Throughput (median training images/s per run, mean over seeds)", "",
             "| width | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
   for w in an["widths"]:
@@ -185,6 +222,46 @@ def write_markdown(path: str, protocol: str, results: dict[str, Any], meta: dict
             "![hyperclip - siglip vs. encoder width](results.png)", ""]
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
+
+
+def extra_tables(results: dict[str, Any]) -> list[str]:
+  """The second protocol's ablation and eval-only rows: task-shaped training sets, recalibrated BatchNorm."""
+  an, proto, lines = results["analysis"], results["protocol"], []
+  claim = f"{proto['claim_width']:g}"
+  ts = an.get("task_sets")
+  if ts:
+    lines += ["", f"## Task-shaped training sets (ablation at width {claim}, `data.task_sets={ts['p']:g}`, seeds "
+              f"{', '.join(map(str, ts['seeds']))}; primary endpoint)", "",
+              "| arm | " + " | ".join(f"seed {s}" for s in ts["seeds"]) + " | mean |",
+              "|---|" + "---:|" * (len(ts["seeds"]) + 1)]
+    for arm, ep in ts["endpoint"].items():
+      vals = [ep.get(s, ep.get(str(s))) for s in ts["seeds"]]
+      lines.append(f"| {arm} (task_sets) | " + " | ".join(_f(v) for v in vals) + f" | {_f(_avg(vals))} |")
+    lines += ["", "| difference | per seed | mean [95% interval] (points) |", "|---|---|---|"]
+    lines += [f"| {name} | {_per_seed(p)} | {_interval(p)} |" for name, p in ts["paired"].items()]
+    for arm, c in ts["conditioning"].items():
+      d = ts["set_dependence"][arm]
+      lines += ["", f"{arm} (task_sets) conditioning diagnostics: Δ spread {_f(d['delta_std_ratio'])}; in-batch own "
+                f"{_f(d['inbatch_own'])}, other set {_f(d['inbatch_other'])}, mean of sets {_f(d['inbatch_mean'])} "
+                f"(own - other {_interval(d['own - other'])} points); zero-shot classes {_f(c['classes']['mean'])}, "
+                f"wrong_task {_f(c['wrong_task']['mean'])}, train_sets_mean {_f(c['train_sets_mean']['mean'])} "
+                f"(classes - wrong_task {_interval(c['classes - wrong_task'])} points)."]
+  bn = an.get("recalibrated_bn")
+  if bn:
+    lines += ["", f"## Recalibrated BatchNorm (eval only, width {claim}, {bn['n']} held-out training images per "
+              "task; primary endpoint)", "",
+              "| arm | " + " | ".join(f"seed {s}" for s in bn["seeds"]) + " | mean |",
+              "|---|" + "---:|" * (len(bn["seeds"]) + 1)]
+    for arm, ep in bn["endpoint"].items():
+      vals = [ep.get(s, ep.get(str(s))) for s in bn["seeds"]]
+      lines.append(f"| {arm} (recalibrated) | " + " | ".join(_f(v) for v in vals) + f" | {_f(_avg(vals))} |")
+    lines += ["", "| difference | per seed | mean [95% interval] (points) |", "|---|---|---|"]
+    lines += [f"| {name} | {_per_seed(p)} | {_interval(p)} |" for name, p in bn["paired"].items()]
+  return lines
+
+
+def _avg(vals: list[float | None]) -> float | None:
+  return None if not vals or any(v is None for v in vals) else sum(vals) / len(vals)
 
 
 def plot(path: str, results: dict[str, Any]) -> None:

@@ -4,14 +4,16 @@
   .venv/bin/python bench/studies/reproduce.py --quick --out DIR  # <= 10 min: one width, 2 seeds, 3 arms
   .venv/bin/python bench/studies/reproduce.py --tiny --out DIR   # the whole protocol on configs/demo.py:tiny=true
 
-The protocol (PROTOCOL below) is pre-registered: docs/results.md carries it from before the first full run, and
-the generator keeps that section verbatim (it stops if this file's PROTOCOL no longer matches it). Stages:
+The protocols (PROTOCOL, then PROTOCOL_V2 below) are pre-registered: docs/results.md carries each from before its
+first full run, and the generator keeps those sections verbatim (it stops if this file's text no longer matches
+them). The verdict is the second protocol's; the first one's outcome is recomputed on its seeds. Stages:
   1. pilot (seed PILOT, never a study seed): siglip at every width -> the tasks of the primary endpoint per
      width (analysis.select_tasks); hyperclip at the claim width with each loss.scope -> the scope of every arm
      with a hypernetwork (the better primary endpoint; ties: the first listed).
-  2. main: every arm x width x seed, the paper's sigmoid loss; then, at the claim width, hyperclip with the other
-     scope on every seed (the loss-scope ablation).
-  3. diagnostics (bench/studies/conditioning.py) on every main run with a hypernetwork.
+  2. main: every arm x width x seed (extra seeds at the claim width), the paper's sigmoid loss; then, at the claim
+     width, hyperclip with the other scope (the loss-scope ablation) and siglip/hyperclip with data.task_sets.
+  3. diagnostics (bench/studies/conditioning.py) on every main and task_sets run with a hypernetwork; zero-shot
+     with recalibrated BatchNorm on siglip/hyperclip at the claim width.
   4. analysis (bench/studies/analysis.py): per-seed paired differences, t-intervals, the verdict by the rule.
 
 Every run is one hyperclip-train run (hyperclip_jax.train.train, in this process) with its own workdir
@@ -88,6 +90,35 @@ Stated before the first full run of `make reproduce`; the generator keeps this s
   *Inconclusive (add seeds)*: otherwise.
 """
 
+PROTOCOL_V2_HEADING = "## Protocol, second version (pre-registered, 2026-12-03)"
+PROTOCOL_V2 = PROTOCOL_V2_HEADING + """
+
+Stated after the first protocol's run (commit b5191e2: *inconclusive (add seeds)*, hyperclip - siglip = +9.2
+points [-1.8, +20.3] at width 0.1) and before this version's first run. The first protocol's section stays above,
+unchanged, and its outcome is recomputed on this run's seeds 0-2 under its own rule ("Outcome of the first
+protocol"). The generator keeps this section verbatim too.
+
+- **Unchanged.** Arms, configs, widths, steps, the pilot and what it selects, the primary endpoint, the claim
+  width, the analysis (paired differences, two-sided 95% t-intervals) and the verdict's three outcomes.
+- **More seeds** (the first protocol's own remedy for *inconclusive*): every arm at width 0.1 trains on seeds
+  0, 1, 2, 3, 4; width 0.25 stays at seeds 0-2. All paired differences at width 0.1 use the five seeds; the
+  loss-scope ablation stays at seeds 0-2.
+- **Set dependence, by intervals.** *Shown* when, at width 0.1, the 95% intervals of hyperclip's paired
+  differences classes - wrong_task (primary endpoint) and own - other set (in-batch top-1) both lie above 0
+  (the first protocol asked only for means > 0). The verdict uses this rule.
+- **Task-shaped training sets** (ablation, not in the verdict): `siglip` and `hyperclip` at width 0.1 with
+  `data.task_sets=0.25` (a quarter of the conditioning groups are task-shaped sets: one attribute, distinct
+  values, class-prompt captions, same-class rows as positives), seeds 0-2, the pilot's loss.scope. Reported:
+  the paired differences hyperclip (task_sets) - hyperclip, siglip (task_sets) - siglip and hyperclip (task_sets)
+  - siglip (task_sets), and hyperclip (task_sets)'s conditioning diagnostics with intervals. Not chosen by a
+  pilot: the main runs stay those of the first protocol, so that its outcome can be recomputed.
+- **Recalibrated BatchNorm** (eval only, not in the verdict): `siglip` and `hyperclip` at width 0.1, every
+  seed, zero-shot with each task's BatchNorm statistics re-estimated under its Θ' on 512 held-out training
+  images (`evals.zeroshot.recalibrate_bn=512`, never test images). Reported: the paired differences
+  arm (recalibrated) - arm and hyperclip (recalibrated) - siglip (recalibrated).
+"""
+PROTOCOLS = (PROTOCOL, PROTOCOL_V2)  # in the order results.md carries them
+
 
 @dataclasses.dataclass(frozen=True)
 class Mode:
@@ -113,11 +144,21 @@ class Mode:
   hyper_overrides: tuple[tuple[str, Any], ...] = ()
   # data.contrast_prob: the demo config's value when the protocol was registered (configs/demo.py now has 1.0)
   contrast_prob: float = 0.5
+  # -- the second protocol (PROTOCOL_V2) --
+  extra_seeds: tuple[int, ...] = ()  # more seeds for every arm at the claim width
+  task_sets: float = 0.0  # data.task_sets of the task-shaped-sets ablation at the claim width (0: none)
+  task_sets_arms: tuple[str, ...] = ("siglip", "hyperclip")
+  task_sets_seeds: tuple[int, ...] = (0, 1, 2)
+  recalibrate_bn: int = 0  # eval-only zero-shot with BatchNorm re-estimated on N held-out images (0: none)
+  recalibrate_arms: tuple[str, ...] = ("siglip", "hyperclip")  # at the claim width, every seed
+
+  def seeds_at(self, width: float) -> tuple[int, ...]:
+    return self.seeds + (self.extra_seeds if width == self.claim_width else ())
 
 
 MODES = {
     "full": Mode("full", "", steps=150, warmup_steps=30, seeds=(0, 1, 2), widths=(0.1, 0.25), claim_width=0.1,
-                 n_eval=256),
+                 n_eval=256, extra_seeds=(3, 4), task_sets=0.25, recalibrate_bn=512),
     # the harness at <= 10 min: one width, the arms every checkout has, no scope pilot
     "quick": Mode("quick", "", steps=30, warmup_steps=10, seeds=(0, 1), widths=(0.1,), claim_width=0.1,
                   n_eval=128, arms=("siglip", "hyperclip", "token"), scopes=("batch",), scope_ablation=False,
@@ -125,7 +166,8 @@ MODES = {
     # tests: two widths, both scopes, the ablation; no floor (the tiny runs sit near chance)
     "tiny": Mode("tiny", "tiny=true", steps=8, warmup_steps=2, seeds=(0, 1), widths=(0.1, 0.2), claim_width=0.1,
                  n_eval=32, arms=("siglip", "hyperclip", "token"), diag_sets=4, inbatch_batches=1,
-                 floor_x_chance=0.0, contrast_prob=0.0),  # tiny=true's own value
+                 floor_x_chance=0.0, contrast_prob=0.0,  # tiny=true's own value
+                 extra_seeds=(2,), task_sets=0.5, task_sets_seeds=(0, 1), recalibrate_bn=32),
 }
 
 
@@ -136,7 +178,7 @@ class RunSpec:
   seed: int
   width: float
   scope: str = "batch"
-  stage: str = "main"  # pilot | main | ablation
+  stage: str = "main"  # pilot | main | ablation | task_sets
   overrides: tuple[tuple[str, Any], ...] = ()
 
 
@@ -161,11 +203,22 @@ def main_specs(mode: Mode, scope: str) -> list[RunSpec]:
     for arm in mode.arms:
       hyper = arm in HYPER_ARMS
       runs += [RunSpec(run_name(arm, w, s), arm, s, w, scope if hyper else "batch",
-                       overrides=mode.hyper_overrides if hyper else ()) for s in mode.seeds]
+                       overrides=mode.hyper_overrides if hyper else ()) for s in mode.seeds_at(w)]
   if mode.scope_ablation:
     runs += [RunSpec(run_name("hyperclip", mode.claim_width, s, other), "hyperclip", s, mode.claim_width, other,
                      "ablation", mode.hyper_overrides) for other in mode.scopes if other != scope for s in mode.seeds]
+  if mode.task_sets:
+    w = mode.claim_width
+    for arm in mode.task_sets_arms:
+      hyper = arm in HYPER_ARMS
+      runs += [RunSpec(task_sets_name(mode, arm, s), arm, s, w, scope if hyper else "batch", "task_sets",
+                       (("data.task_sets", float(mode.task_sets)), *(mode.hyper_overrides if hyper else ())))
+               for s in mode.task_sets_seeds]
   return runs
+
+
+def task_sets_name(mode: Mode, arm: str, seed: int) -> str:
+  return f"{run_name(arm, mode.claim_width, seed)}_ts{mode.task_sets:g}"
 
 
 def make_config(mode: Mode, run: RunSpec) -> Any:
@@ -282,29 +335,24 @@ def choose_scope(mode: Mode, runs: dict[str, Any], tasks: list[str]) -> tuple[st
 
 
 def analyse(mode: Mode, runs: dict[str, Any], diagnostics: dict[str, Any], selected: dict[str, list[str]],
-            scope: str) -> dict[str, Any]:
-  """Per width: primary endpoints per arm and seed, paired differences, conditioning rows; the verdict."""
+            scope: str, second: bool = True) -> dict[str, Any]:
+  """Per width: primary endpoints per arm and seed, paired differences, conditioning rows; the verdict.
+  second: the second protocol (its seeds, set dependence by intervals, the task_sets and recalibrated-BN rows);
+  False: the first protocol (seeds only, set dependence by means)."""
   out: dict[str, Any] = {}
   for w in mode.widths:
     tasks = selected[f"{w:g}"]
-    ep = {arm: {s: analysis.endpoint(runs[run_name(arm, w, s)]["top1"], tasks) for s in mode.seeds}
+    seeds = mode.seeds_at(w) if second else mode.seeds
+    ep = {arm: {s: analysis.endpoint(runs[run_name(arm, w, s)]["top1"], tasks) for s in seeds}
           for arm in mode.arms}
     pairs = {f"hyperclip - {arm}": analysis.paired(ep["hyperclip"], ep[arm]) for arm in mode.arms
              if arm != "hyperclip"}
     conditioning, dependence = {}, {}
     for arm in [a for a in mode.arms if a in HYPER_ARMS]:
-      diag = {s: diagnostics[run_name(arm, w, s)] for s in mode.seeds}
-      rows = {"classes": ep[arm]}
-      for cond in ("wrong_task", "train_sets_mean"):
-        rows[cond] = {s: analysis.endpoint(d["zeroshot"][cond], tasks) for s, d in diag.items()}
-      conditioning[arm] = {c: {"per_seed": v, "mean": _mean(v.values())} for c, v in rows.items()}
-      conditioning[arm]["classes - wrong_task"] = _json(analysis.paired(rows["classes"], rows["wrong_task"]))
-      inb = {k: {s: d["inbatch"][k] for s, d in diag.items()} for k in ("own", "other", "mean")}
-      dependence[arm] = {"delta_std_ratio": _mean(d["delta_std_ratio"] for d in diag.values()),
-                         **{f"inbatch_{k}": _mean(v.values()) for k, v in inb.items()},
-                         "own - other": _json(analysis.paired(inb["own"], inb["other"])),
-                         "own - mean": _json(analysis.paired(inb["own"], inb["mean"]))}
-    out[f"{w:g}"] = {"tasks": tasks, "endpoint": ep, "paired": {k: _json(p) for k, p in pairs.items()},
+      conditioning[arm], dependence[arm] = _conditioning(
+          ep[arm], {s: diagnostics[run_name(arm, w, s)] for s in seeds}, tasks)
+    out[f"{w:g}"] = {"tasks": tasks, "seeds": list(seeds), "endpoint": ep,
+                     "paired": {k: _json(p) for k, p in pairs.items()},
                      "conditioning": conditioning, "set_dependence": dependence}
     if mode.scope_ablation and w == mode.claim_width:
       for other in [sc for sc in mode.scopes if sc != scope]:
@@ -313,17 +361,67 @@ def analyse(mode: Mode, runs: dict[str, Any], diagnostics: dict[str, Any], selec
                                            f"hyperclip ({scope}) - hyperclip ({other})":
                                            _json(analysis.paired(ep["hyperclip"], abl))}
   claim = out[f"{mode.claim_width:g}"]
-  to_paired = lambda d: None if d is None else analysis.Paired(**{k: tuple(v) if isinstance(v, list) else v
-                                                                  for k, v in d.items()})
   cond, dep = claim["conditioning"].get("hyperclip", {}), claim["set_dependence"].get("hyperclip", {})
-  set_dep = analysis.SetDependence(
-      None if cond.get("classes - wrong_task") is None else cond["classes - wrong_task"]["mean"],
-      None if dep.get("own - other") is None else dep["own - other"]["mean"])
+  set_dep = analysis.SetDependence(_paired(cond.get("classes - wrong_task")), _paired(dep.get("own - other")),
+                                   "interval" if second else "mean")
   verdict, reason = analysis.decide(
-      to_paired(claim["paired"]["hyperclip - siglip"]),
-      {a: to_paired(claim["paired"][f"hyperclip - {a}"]) for a in mode.arms if a not in ("siglip", "hyperclip")},
+      _paired(claim["paired"]["hyperclip - siglip"]),
+      {a: _paired(claim["paired"][f"hyperclip - {a}"]) for a in mode.arms if a not in ("siglip", "hyperclip")},
       set_dep)
-  return {"widths": out, "verdict": verdict, "reason": reason, "set_dependence_shown": set_dep.shown}
+  result = {"widths": out, "verdict": verdict, "reason": reason, "set_dependence_shown": set_dep.shown,
+            "set_dependence_rule": set_dep.rule}
+  if second and mode.task_sets:
+    result["task_sets"] = _task_sets(mode, runs, diagnostics, claim)
+  if second and mode.recalibrate_bn:
+    result["recalibrated_bn"] = _recalibrated(mode, runs, claim)
+  return result
+
+
+def _conditioning(ep: dict[int, Any], diag: dict[int, Any], tasks: list[str]) -> tuple[dict, dict]:
+  """The test-time conditioning rows and the set-dependence row of one arm (endpoints `ep`, diagnostics `diag`)."""
+  rows = {"classes": ep}
+  for cond in ("wrong_task", "train_sets_mean"):
+    rows[cond] = {s: analysis.endpoint(d["zeroshot"][cond], tasks) for s, d in diag.items()}
+  conditioning = {c: {"per_seed": v, "mean": _mean(v.values())} for c, v in rows.items()}
+  conditioning["classes - wrong_task"] = _json(analysis.paired(rows["classes"], rows["wrong_task"]))
+  inb = {k: {s: d["inbatch"][k] for s, d in diag.items()} for k in ("own", "other", "mean")}
+  dependence = {"delta_std_ratio": _mean(d["delta_std_ratio"] for d in diag.values()),
+                **{f"inbatch_{k}": _mean(v.values()) for k, v in inb.items()},
+                "own - other": _json(analysis.paired(inb["own"], inb["other"])),
+                "own - mean": _json(analysis.paired(inb["own"], inb["mean"]))}
+  return conditioning, dependence
+
+
+def _task_sets(mode: Mode, runs: dict[str, Any], diagnostics: dict[str, Any], claim: dict[str, Any]) -> dict:
+  """The task-shaped-sets ablation at the claim width: endpoints, paired differences, hyperclip's diagnostics."""
+  tasks, ep = claim["tasks"], claim["endpoint"]
+  ts = {arm: {s: analysis.endpoint(runs[task_sets_name(mode, arm, s)]["top1"], tasks) for s in mode.task_sets_seeds}
+        for arm in mode.task_sets_arms}
+  pairs = {f"{arm} (task_sets) - {arm}": analysis.paired(ts[arm], ep[arm]) for arm in mode.task_sets_arms}
+  if {"siglip", "hyperclip"} <= set(mode.task_sets_arms):
+    pairs["hyperclip (task_sets) - siglip (task_sets)"] = analysis.paired(ts["hyperclip"], ts["siglip"])
+  out = {"p": mode.task_sets, "seeds": list(mode.task_sets_seeds), "endpoint": ts,
+         "paired": {k: _json(p) for k, p in pairs.items()}, "conditioning": {}, "set_dependence": {}}
+  for arm in [a for a in mode.task_sets_arms if a in HYPER_ARMS]:
+    out["conditioning"][arm], out["set_dependence"][arm] = _conditioning(
+        ts[arm], {s: diagnostics[task_sets_name(mode, arm, s)] for s in mode.task_sets_seeds}, tasks)
+  return out
+
+
+def _recalibrated(mode: Mode, runs: dict[str, Any], claim: dict[str, Any]) -> dict:
+  """Eval-only rows at the claim width: the primary endpoint with BatchNorm re-estimated, vs. as trained."""
+  tasks, ep, seeds = claim["tasks"], claim["endpoint"], claim["seeds"]
+  bn = {arm: {s: analysis.endpoint(runs[run_name(arm, mode.claim_width, s)]["recalibrated_bn"], tasks)
+              for s in seeds} for arm in mode.recalibrate_arms}
+  pairs = {f"{arm} (recalibrated) - {arm}": analysis.paired(bn[arm], ep[arm]) for arm in mode.recalibrate_arms}
+  if {"siglip", "hyperclip"} <= set(mode.recalibrate_arms):
+    pairs["hyperclip (recalibrated) - siglip (recalibrated)"] = analysis.paired(bn["hyperclip"], bn["siglip"])
+  return {"n": mode.recalibrate_bn, "seeds": list(seeds), "endpoint": bn,
+          "paired": {k: _json(p) for k, p in pairs.items()}}
+
+
+def _paired(d: dict[str, Any] | None) -> analysis.Paired | None:
+  return None if d is None else analysis.Paired(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def _mean(values: Any) -> float | None:
@@ -339,7 +437,7 @@ def run_study(mode: Mode, out: str, runs_dir: str, command: str) -> dict[str, An
   """Stages 1-4 (module docstring); writes the four outputs to `out`."""
   import conditioning
   import report
-  protocol = report.registered_protocol(os.path.join(out, "results.md"), PROTOCOL)  # stops early on a mismatch
+  protocols = report.registered_protocols(os.path.join(out, "results.md"), PROTOCOLS)  # stops early on a mismatch
   t0 = time.perf_counter()
   runner = Runner(mode, runs_dir)
   chance = demo_chance()
@@ -358,12 +456,17 @@ def run_study(mode: Mode, out: str, runs_dir: str, command: str) -> dict[str, An
   runner.check(mains)
   runner.run(mains)
   diagnostics = {}
-  for spec in [s for s in mains if s.stage == "main" and s.arm in HYPER_ARMS]:
+  for spec in [s for s in mains if s.stage in ("main", "task_sets") and s.arm in HYPER_ARMS]:
     print(f"reproduce: diagnostics of {spec.name}", file=sys.stderr, flush=True)
     top1 = runner.runs[spec.name]["top1"]
     diagnostics[spec.name] = conditioning.diagnose(os.path.join(runs_dir, spec.name), list(top1), mode.n_eval,
                                                    mode.diag_sets, mode.inbatch_batches)
     runner.runs[spec.name]["diagnostics"] = diagnostics[spec.name]
+  for spec in [s for s in mains if s.stage == "main" and s.arm in mode.recalibrate_arms and mode.recalibrate_bn
+               and s.width == mode.claim_width]:
+    print(f"reproduce: recalibrated BatchNorm of {spec.name}", file=sys.stderr, flush=True)
+    runner.runs[spec.name]["recalibrated_bn"] = conditioning.recalibrated(
+        os.path.join(runs_dir, spec.name), list(runner.runs[spec.name]["top1"]), mode.n_eval, mode.recalibrate_bn)
   results = {
       "protocol": {**dataclasses.asdict(mode), "config": "configs/demo.py:variant=<arm>,steps=" + str(mode.steps)
                    + (f",{mode.config_arg}" if mode.config_arg else ""), "min_effect": analysis.MIN_EFFECT,
@@ -372,6 +475,7 @@ def run_study(mode: Mode, out: str, runs_dir: str, command: str) -> dict[str, An
                 "scope_endpoints": scope_scores, "chance": chance},
       "runs": runner.runs,
       "analysis": analyse(mode, runner.runs, diagnostics, selected, scope),
+      "analysis_first_protocol": analyse(mode, runner.runs, diagnostics, selected, scope, second=False),
   }
   meta = {"runs": runner.throughput, "study_wall_s": time.perf_counter() - t0, "trained": int(runner.trained),
           "runs_dir": runs_dir, "command": command, "machine": machine(), "commit": commit()}
@@ -379,7 +483,7 @@ def run_study(mode: Mode, out: str, runs_dir: str, command: str) -> dict[str, An
     json.dump(results, f, indent=1, sort_keys=True)
   with open(os.path.join(out, "throughput.json"), "w", encoding="utf-8") as f:
     json.dump(meta, f, indent=1, sort_keys=True)
-  report.write_markdown(os.path.join(out, "results.md"), protocol, results, meta)
+  report.write_markdown(os.path.join(out, "results.md"), protocols, results, meta)
   report.plot(os.path.join(out, "results.png"), results)
   print(f"reproduce: {results['analysis']['verdict']}: {results['analysis']['reason']}", flush=True)
   print(f"reproduce: wrote {out}/results.md, results.json, results.png, throughput.json", flush=True)
