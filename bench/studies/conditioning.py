@@ -14,8 +14,11 @@ each on the run's final checkpoint (image tower in eval mode, BatchNorm running 
                    classes; `train_sets_mean`, the Δ averaged over K sets of training captions (the same for
                    every task). The `classes` row (each task's own prompts) is the run's own final evaluation.
 
-The zero-shot rows call evaluators.zeroshot.ZeroShotEvaluator with `condition_texts`; nothing here changes the
-library.
+`recalibrated` is a fourth, eval-only row that also applies to siglip: zero-shot with each task's BatchNorm
+statistics re-estimated under its Θ' on held-out training images (evaluators/recalibrate.py).
+
+The zero-shot rows call evaluators.zeroshot.ZeroShotEvaluator with `condition_texts` or a `recalibrator`; nothing
+here changes the library.
 """
 from __future__ import annotations
 
