@@ -231,14 +231,7 @@ def extra_tables(results: dict[str, Any]) -> list[str]:
   ts = an.get("task_sets")
   if ts:
     lines += ["", f"## Task-shaped training sets (ablation at width {claim}, `data.task_sets={ts['p']:g}`, seeds "
-              f"{', '.join(map(str, ts['seeds']))}; primary endpoint)", "",
-              "| arm | " + " | ".join(f"seed {s}" for s in ts["seeds"]) + " | mean |",
-              "|---|" + "---:|" * (len(ts["seeds"]) + 1)]
-    for arm, ep in ts["endpoint"].items():
-      vals = [ep.get(s, ep.get(str(s))) for s in ts["seeds"]]
-      lines.append(f"| {arm} (task_sets) | " + " | ".join(_f(v) for v in vals) + f" | {_f(_avg(vals))} |")
-    lines += ["", "| difference | per seed | mean [95% interval] (points) |", "|---|---|---|"]
-    lines += [f"| {name} | {_per_seed(p)} | {_interval(p)} |" for name, p in ts["paired"].items()]
+              f"{', '.join(map(str, ts['seeds']))}; primary endpoint)", "", *_seed_tables(ts, "task_sets")]
     for arm, c in ts["conditioning"].items():
       d = ts["set_dependence"][arm]
       lines += ["", f"{arm} (task_sets) conditioning diagnostics: Δ spread {_f(d['delta_std_ratio'])}; in-batch own "
@@ -249,15 +242,19 @@ def extra_tables(results: dict[str, Any]) -> list[str]:
   bn = an.get("recalibrated_bn")
   if bn:
     lines += ["", f"## Recalibrated BatchNorm (eval only, width {claim}, {bn['n']} held-out training images per "
-              "task; primary endpoint)", "",
-              "| arm | " + " | ".join(f"seed {s}" for s in bn["seeds"]) + " | mean |",
-              "|---|" + "---:|" * (len(bn["seeds"]) + 1)]
-    for arm, ep in bn["endpoint"].items():
-      vals = [ep.get(s, ep.get(str(s))) for s in bn["seeds"]]
-      lines.append(f"| {arm} (recalibrated) | " + " | ".join(_f(v) for v in vals) + f" | {_f(_avg(vals))} |")
-    lines += ["", "| difference | per seed | mean [95% interval] (points) |", "|---|---|---|"]
-    lines += [f"| {name} | {_per_seed(p)} | {_interval(p)} |" for name, p in bn["paired"].items()]
+              "task; primary endpoint)", "", *_seed_tables(bn, "recalibrated")]
   return lines
+
+
+def _seed_tables(section: dict[str, Any], tag: str) -> list[str]:
+  """A section's primary endpoint per arm and seed ("<arm> (<tag>)" rows), then its paired differences."""
+  seeds = section["seeds"]
+  lines = ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---|" + "---:|" * (len(seeds) + 1)]
+  for arm, ep in section["endpoint"].items():
+    vals = [ep.get(s, ep.get(str(s))) for s in seeds]
+    lines.append(f"| {arm} ({tag}) | " + " | ".join(_f(v) for v in vals) + f" | {_f(_avg(vals))} |")
+  lines += ["", "| difference | per seed | mean [95% interval] (points) |", "|---|---|---|"]
+  return lines + [f"| {name} | {_per_seed(p)} | {_interval(p)} |" for name, p in section["paired"].items()]
 
 
 def _avg(vals: list[float | None]) -> float | None:
